@@ -1,0 +1,1 @@
+"""scikit-learn heads trained on cached features: grid search, honest test metrics, saved models."""

@@ -1,0 +1,64 @@
+"""Test metrics computed once on the held-out split: accuracy, macro-F1, per-class report, confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    macro_f1: float
+    report: str
+    confusion: np.ndarray
+
+
+def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> Evaluation:
+    labels = np.arange(len(class_names))
+    return Evaluation(
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        report=classification_report(y_true, y_pred, labels=labels, target_names=class_names, digits=3,
+                                     zero_division=0),
+        confusion=confusion_matrix(y_true, y_pred, labels=labels),
+    )
+
+
+def format_confusion(confusion: np.ndarray, class_names: list[str]) -> str:
+    width = max(5, max(len(n) for n in class_names[:50]) + 1)
+    header = " " * width + "".join(f"{n[:6]:>7}" for n in class_names)
+    rows = [f"{n:<{width}}" + "".join(f"{v:>7}" for v in row) for n, row in zip(class_names, confusion, strict=True)]
+    return "\n".join(["rows: true class, columns: predicted", header, *rows])
+
+
+def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
+    """Row-normalised confusion matrix as a PNG, counts written in the cells when they fit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    size = min(4 + 0.45 * n, 24)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

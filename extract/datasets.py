@@ -1,0 +1,269 @@
+"""Dataset resolution: a name or a folder becomes train/test splits of (image, label) with a fingerprint.
+
+Each split knows its samples' identities (file path or index) and how to load one image as RGB; nothing
+here knows about models or caches.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from extract.errors import UsageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+TEST_SPLIT_NAMES = ("test", "val")
+
+
+class BadImageError(Exception):
+    """An image that cannot be decoded; carries the sample's identity."""
+
+    def __init__(self, sample_id: str, reason: str):
+        super().__init__(f"{sample_id}: {reason}")
+        self.sample_id = sample_id
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: 16-bit and float scaled (not clipped), transparency over white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / high * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, sample_id: str) -> Image.Image:
+    """Decode fully (truncated files fail here, not later), refusing decompression bombs."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return to_rgb(image)
+    except Image.DecompressionBombWarning as error:
+        raise BadImageError(sample_id, f"too large to decode safely ({error})") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise BadImageError(sample_id, str(error) or type(error).__name__) from None
+
+
+@dataclass
+class Split:
+    """One split: sample identities, integer labels, and a loader for image i."""
+
+    name: str
+    ids: list[str]
+    labels: np.ndarray
+    source: object = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image(self, index: int) -> Image.Image:
+        return self.source.image(index)
+
+
+@dataclass
+class Dataset:
+    """A resolved dataset: what it is called, its classes, its splits and a fingerprint of its content."""
+
+    name: str
+    class_names: list[str]
+    splits: dict[str, Split]
+    fingerprint: str
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() or c in "-_" else "-" for c in self.name).strip("-") or "dataset"
+
+
+# ---- image folders ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _FolderSource:
+    root: Path
+    files: list[str]
+
+    def image(self, index: int) -> Image.Image:
+        return load_image(self.root / self.files[index], self.files[index])
+
+
+def _class_folders(split_dir: Path) -> dict[str, list[str]]:
+    classes = {}
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(str(f.relative_to(split_dir.parent)) for f in class_dir.rglob("*")
+                       if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        classes[class_dir.name] = files
+    return classes
+
+
+def _folder_dataset(root: Path, limit_per_class: int | None) -> Dataset:
+    if not root.is_dir():
+        raise UsageError(f"dataset folder {root} does not exist; give a folder with train/ and test/ inside")
+    test_name = next((n for n in TEST_SPLIT_NAMES if (root / n).is_dir()), None)
+    if not (root / "train").is_dir() or test_name is None:
+        raise UsageError(f"{root} needs a train/ and a test/ (or val/) subfolder, each with one folder per class")
+    train, test = _class_folders(root / "train"), _class_folders(root / test_name)
+    if set(train) != set(test):
+        only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+        raise UsageError(f"class folders differ between train/ and {test_name}/ in {root} "
+                         f"(only in train: {only_train or '-'}; only in {test_name}: {only_test or '-'}); "
+                         "make both hold the same class folders")
+    if len(train) < 2:
+        raise UsageError(f"{root}/train holds {len(train)} class folder(s); a classifier needs at least 2")
+    for split_name, classes in (("train", train), (test_name, test)):
+        empty = [c for c, files in classes.items() if not files]
+        if empty:
+            raise UsageError(f"class folder(s) {', '.join(empty)} in {root / split_name} hold no images "
+                             f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+    class_names = sorted(train)
+    splits, digest = {}, hashlib.sha256()
+    for split_name, classes in (("train", train), ("test", test)):
+        files, labels = [], []
+        for label, class_name in enumerate(class_names):
+            chosen = classes[class_name][:limit_per_class]
+            files += chosen
+            labels += [label] * len(chosen)
+        for file, label in zip(files, labels, strict=True):
+            stat = (root / file).stat()
+            digest.update(f"{file}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
+        splits[split_name] = Split(split_name, files, np.asarray(labels, dtype=np.int64), _FolderSource(root, files))
+    return Dataset(root.resolve().name, class_names, splits, digest.hexdigest())
+
+
+# ---- torchvision datasets ------------------------------------------------------------------------------------
+
+# name -> (torchvision class, keyword arguments for the train split, for the test split)
+TORCHVISION_DATASETS = {
+    "cifar10": ("CIFAR10", {"train": True}, {"train": False}),
+    "cifar100": ("CIFAR100", {"train": True}, {"train": False}),
+    "mnist": ("MNIST", {"train": True}, {"train": False}),
+    "fashionmnist": ("FashionMNIST", {"train": True}, {"train": False}),
+    "kmnist": ("KMNIST", {"train": True}, {"train": False}),
+    "usps": ("USPS", {"train": True}, {"train": False}),
+    "svhn": ("SVHN", {"split": "train"}, {"split": "test"}),
+    "stl10": ("STL10", {"split": "train"}, {"split": "test"}),
+    "food101": ("Food101", {"split": "train"}, {"split": "test"}),
+    "flowers102": ("Flowers102", {"split": "train"}, {"split": "test"}),
+    "dtd": ("DTD", {"split": "train"}, {"split": "test"}),
+    "gtsrb": ("GTSRB", {"split": "train"}, {"split": "test"}),
+    "country211": ("Country211", {"split": "train"}, {"split": "test"}),
+    "fgvcaircraft": ("FGVCAircraft", {"split": "trainval"}, {"split": "test"}),
+    "oxfordiiitpet": ("OxfordIIITPet", {"split": "trainval"}, {"split": "test"}),
+    "pcam": ("PCAM", {"split": "train"}, {"split": "test"}),
+}
+BUILTIN_DATASETS = ("digits",)
+
+
+@dataclass
+class _TorchvisionSource:
+    dataset: object
+    indices: np.ndarray
+
+    def image(self, index: int) -> Image.Image:
+        image = self.dataset[int(self.indices[index])][0]
+        return to_rgb(image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)))
+
+
+def _torchvision_labels(dataset) -> np.ndarray:
+    for attribute in ("targets", "labels", "_labels"):
+        if hasattr(dataset, attribute):
+            return np.asarray(getattr(dataset, attribute), dtype=np.int64)
+    if hasattr(dataset, "_samples"):
+        return np.asarray([label for _, label in dataset._samples], dtype=np.int64)
+    return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
+
+
+def _first_per_class(labels: np.ndarray, limit: int | None) -> np.ndarray:
+    if limit is None:
+        return np.arange(len(labels))
+    keep = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        keep[np.flatnonzero(labels == label)[:limit]] = True
+    return np.flatnonzero(keep)
+
+
+def _torchvision_dataset(name: str, data_root: Path, limit_per_class: int | None, download: bool) -> Dataset:
+    import torchvision.datasets
+
+    class_name, train_kwargs, test_kwargs = TORCHVISION_DATASETS[name]
+    cls = getattr(torchvision.datasets, class_name)
+    splits, digest, class_names = {}, hashlib.sha256(name.encode()), None
+    for split_name, kwargs in (("train", train_kwargs), ("test", test_kwargs)):
+        try:
+            dataset = cls(str(data_root / name), download=download, **kwargs)
+        except Exception as error:  # offline downloads fail with many types; all mean the same to the user
+            raise UsageError(f"dataset {name} is not under {data_root / name} and could not be downloaded "
+                             f"({str(error).splitlines()[0][:160]}); connect once, pass --data-root to where it "
+                             "is, or give an image folder with train/ and test/") from None
+        labels = _torchvision_labels(dataset)
+        indices = _first_per_class(labels, limit_per_class)
+        labels = labels[indices]
+        digest.update(f"{split_name}:{len(dataset)}:".encode() + indices.tobytes() + labels.tobytes())
+        class_names = class_names or list(getattr(dataset, "classes", [])) or [
+            str(c) for c in range(int(labels.max()) + 1)]
+        ids = [f"{split_name}[{i}]" for i in indices]
+        splits[split_name] = Split(split_name, ids, labels, _TorchvisionSource(dataset, indices))
+    return Dataset(name, class_names, splits, digest.hexdigest())
+
+
+# ---- scikit-learn's digits (ships offline; 8x8 grey digits, far from ImageNet) ------------------------------
+
+
+@dataclass
+class _ArraySource:
+    images: np.ndarray
+
+    def image(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index]).convert("RGB")
+
+
+def _digits_dataset(limit_per_class: int | None) -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    indices = np.arange(len(images))
+    train_idx, test_idx = train_test_split(indices, test_size=0.25, stratify=digits.target, random_state=0)
+    splits, digest = {}, hashlib.sha256(b"digits")
+    for split_name, idx in (("train", np.sort(train_idx)), ("test", np.sort(test_idx))):
+        idx = idx[_first_per_class(digits.target[idx], limit_per_class)]
+        digest.update(idx.tobytes() + images[idx].tobytes())
+        splits[split_name] = Split(split_name, [f"digits[{i}]" for i in idx], digits.target[idx].astype(np.int64),
+                                   _ArraySource(images[idx]))
+    return Dataset("digits", [str(d) for d in range(10)], splits, digest.hexdigest())
+
+
+# ---- the one entry point -------------------------------------------------------------------------------------
+
+
+def resolve_dataset(spec: str, data_root: str | Path = "data", limit_per_class: int | None = None,
+                    download: bool = True) -> Dataset:
+    """A dataset name (torchvision's, or `digits`) or an image-folder path, resolved to train/test splits."""
+    if limit_per_class is not None and limit_per_class < 1:
+        raise UsageError(f"--limit-per-class must be 1 or more, not {limit_per_class}")
+    key = spec.lower().replace("-", "").replace("_", "")
+    if key in TORCHVISION_DATASETS and not Path(spec).exists():
+        return _torchvision_dataset(key, Path(data_root), limit_per_class, download)
+    if key in BUILTIN_DATASETS and not Path(spec).exists():
+        return _digits_dataset(limit_per_class)
+    path = Path(spec).expanduser()
+    if path.exists() or "/" in spec or spec.startswith("."):
+        return _folder_dataset(path, limit_per_class)
+    names = sorted(TORCHVISION_DATASETS) + list(BUILTIN_DATASETS)
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UsageError(f"unknown dataset {spec!r}: {hint}give one of {', '.join(names)}, "
+                     "or a folder with train/ and test/ subfolders")

@@ -1,0 +1,180 @@
+"""Running a frozen backbone over images and pooling one layer into one vector per image.
+
+Layer choice goes through one mechanism for every architecture: a forward pre-hook on a named module
+captures that module's input and stops the forward pass there (nothing after the layer is computed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from extract.backbones import Backbone, Preprocess, penultimate_layer
+from extract.datasets import BadImageError, Split
+from extract.errors import UsageError
+
+POOLS = ("avg", "max")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class _Captured(Exception):
+    """Carries the hooked layer's input out of the forward pass, skipping the layers after it."""
+
+    def __init__(self, tensor: torch.Tensor):
+        super().__init__()
+        self.tensor = tensor
+
+
+class FeatureModel(nn.Module):
+    """A frozen backbone cut at a layer, returning one pooled vector per image."""
+
+    def __init__(self, model: nn.Module, pool: str = "avg"):
+        super().__init__()
+        if pool not in POOLS:
+            raise UsageError(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
+        self.model = model
+        self.pool = pool
+        self.layer_module, self.spatial = penultimate_layer(model)
+        if not self.spatial and pool != "avg":
+            raise UsageError(f"{type(model).__name__} pools inside its forward pass, so only --pool avg is "
+                             "available for it")
+        layer = model.get_submodule(self.layer_module)
+        self._hook = layer.register_forward_pre_hook(self._capture)
+
+    @staticmethod
+    def _capture(module: nn.Module, inputs: tuple) -> None:
+        raise _Captured(inputs[0])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        try:
+            self.model(images)
+        except _Captured as captured:
+            features = captured.tensor
+        else:
+            raise RuntimeError(f"layer {self.layer_module} was never reached")
+        if self.spatial:
+            features = features.mean((2, 3)) if self.pool == "avg" else features.amax((2, 3))
+        return features.flatten(1).float()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UsageError(f"--device must be auto, cpu or cuda, not {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+def resize_and_crop(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
+    """Short side to the resize size (to the crop size for images smaller than the crop), centre-crop: uint8 CHW."""
+    short = preprocess.crop_size if min(image.size) < preprocess.crop_size else preprocess.resize_size
+    interpolation = TF.InterpolationMode(preprocess.interpolation)
+    image = TF.resize(image, short, interpolation=interpolation, antialias=True)
+    return TF.pil_to_tensor(TF.center_crop(image, preprocess.crop_size))
+
+
+def normalize(batch: torch.Tensor, preprocess: Preprocess, device: torch.device) -> torch.Tensor:
+    """uint8 NCHW on the host to normalised float on the device, channels-last (faster convolutions)."""
+    batch = batch.to(device, non_blocking=True).float().div_(255)
+    mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
+    return ((batch - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+class _SplitImages(TorchDataset):
+    """Decoded, resized uint8 images of a split from row `start` on; bad images come back as their error."""
+
+    def __init__(self, split: Split, preprocess: Preprocess, start: int = 0):
+        self.split, self.preprocess, self.start = split, preprocess, start
+
+    def __len__(self) -> int:
+        return len(self.split) - self.start
+
+    def __getitem__(self, index: int):
+        try:
+            return resize_and_crop(self.split.image(self.start + index), self.preprocess), None
+        except BadImageError as error:
+            return None, (error.sample_id, str(error))
+
+
+def _collate(items: list) -> tuple[torch.Tensor | None, list[int], list[tuple[str, str]]]:
+    good = [i for i, (image, _) in enumerate(items) if image is not None]
+    images = torch.stack([items[i][0] for i in good]) if good else None
+    return images, good, [error for _, error in items if error is not None]
+
+
+@dataclass
+class ExtractionSettings:
+    """How to run the backbone: these change speed only, except precision, which is part of the cache key."""
+
+    batch_size: int = 64
+    device: str = "auto"
+    precision: str = "fp32"
+    workers: int | None = None
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+class Extractor:
+    """A backbone ready to turn images into pooled features on a device."""
+
+    def __init__(self, backbone: Backbone, pool: str, settings: ExtractionSettings):
+        if settings.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {settings.precision!r}")
+        if settings.batch_size < 1:
+            raise UsageError(f"--batch-size must be 1 or more, not {settings.batch_size}")
+        self.backbone = backbone
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.model = FeatureModel(backbone.model, pool).to(self.device).to(memory_format=torch.channels_last)
+        self.model.eval()
+
+    @property
+    def layer_module(self) -> str:
+        return self.model.layer_module
+
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.precision)
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    @torch.inference_mode()
+    def features(self, batch: torch.Tensor) -> np.ndarray:
+        """uint8 NCHW images (already resized and cropped) to float32 features."""
+        with self._autocast():
+            return self.model(normalize(batch, self.backbone.preprocess, self.device)).cpu().numpy()
+
+    def feature_dim(self) -> int:
+        size = self.backbone.preprocess.crop_size
+        return self.features(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1]
+
+    def images(self, images: list[Image.Image]) -> np.ndarray:
+        batch = torch.stack([resize_and_crop(image, self.backbone.preprocess) for image in images])
+        return self.features(batch)
+
+    def split(self, split: Split, start: int = 0) -> Iterator[tuple[int, np.ndarray, list[tuple[str, str]]]]:
+        """Yield (first row, features, [(id, error)]) batch by batch from row `start`; unreadable images: NaN rows."""
+        dim = self.feature_dim()
+        workers = default_workers() if self.settings.workers is None else self.settings.workers
+        loader = DataLoader(_SplitImages(split, self.backbone.preprocess, start), batch_size=self.settings.batch_size,
+                            num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
+                            prefetch_factor=4 if workers else None)
+        row = start
+        for images, good, errors in loader:
+            out = np.full((len(good) + len(errors), dim), np.nan, dtype=np.float32)
+            if images is not None:
+                out[good] = self.features(images)
+            yield row, out, errors
+            row += len(out)

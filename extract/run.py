@@ -1,0 +1,130 @@
+"""Compute-or-reuse: dataset + backbone -> one complete cache entry. Used by the CLI and by later stages."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from extract.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from extract.datasets import Dataset, resolve_dataset
+from extract.errors import UsageError
+from extract.features import ExtractionSettings, Extractor
+from extract.store import SUFFIX, CacheLock, CacheWriter, SplitRows, entry_name
+
+DEFAULT_CACHE_DIR = "cache"
+
+
+@dataclass
+class ExtractRequest:
+    """Everything that names one cache entry, plus how to compute it."""
+
+    backbone: str = DEFAULT_BACKBONE
+    dataset: str = ""
+    weights: str | None = None
+    pool: str = "avg"
+    image_size: int | None = None
+    limit_per_class: int | None = None
+    data_root: str = "data"
+    cache_dir: str = DEFAULT_CACHE_DIR
+    force: bool = False
+    skip_bad: bool = False
+    settings: ExtractionSettings = field(default_factory=ExtractionSettings)
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    reused: bool
+    images: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that change the numbers (convolutions, architectures, resizing)."""
+    import PIL
+    import timm
+    import torch
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
+            "pillow": PIL.__version__}
+
+
+def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool: str) -> dict:
+    """The root attributes of a cache entry: everything that decides its features, and how to read them."""
+    preprocess = backbone.preprocess.to_dict()
+    preprocess["small_images"] = "resized to the crop size, not cropped"
+    return {
+        "dataset": dataset.slug, "dataset_fingerprint": dataset.fingerprint, "class_names": dataset.class_names,
+        "backbone": backbone.name, "weights": backbone.weights, "weights_sha256": backbone.weights_sha256,
+        "layer": "penultimate", "layer_module": extractor.layer_module, "pool": pool,
+        "image_size": backbone.preprocess.crop_size, "precision": extractor.settings.precision,
+        "transform": preprocess, "versions": library_versions(),
+    }
+
+
+def _stale_siblings(path: Path) -> list[Path]:
+    """Entries with the same readable name but another identity hash: same request, changed inputs."""
+    prefix = path.name.rsplit("__", 1)[0]
+    return [p for p in path.parent.glob(f"{prefix}__*{SUFFIX}") if p != path]
+
+
+def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print) -> ExtractResult:
+    """Return the cache entry for `request`, computing it only if no complete matching entry exists."""
+    dataset = resolve_dataset(request.dataset, request.data_root, request.limit_per_class)
+    backbone = create_backbone(request.backbone, request.weights, request.image_size)
+    extractor = Extractor(backbone, request.pool, request.settings)
+    attrs = provenance(dataset, backbone, extractor, request.pool)
+    path = Path(request.cache_dir) / f"{entry_name(attrs)}{SUFFIX}"
+    if path.exists() and not request.force:
+        log(f"reusing {path} (same dataset, weights, layer, pooling and transform; --force recomputes)")
+        return ExtractResult(path, reused=True)
+    for sibling in _stale_siblings(path):
+        log(f"not reusing {sibling.name}: the dataset files, weights or library versions differ; "
+            "computing a new entry")
+    with CacheLock(path):
+        return _compute(dataset, extractor, attrs, path, request.skip_bad, log)
+
+
+def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, skip_bad: bool,
+             log: Callable[[str], None]) -> ExtractResult:
+    splits = {name: SplitRows(split.ids, split.labels) for name, split in dataset.splits.items()}
+    writer = CacheWriter(path, attrs, splits, extractor.feature_dim())
+    try:
+        todo = {name: len(split) - writer.rows_written(name) for name, split in dataset.splits.items()}
+        if writer.resumed:
+            log(f"resuming {writer.partial_path.name}: {sum(todo.values())} images left")
+        device = extractor.device.type
+        log(f"extracting {attrs['backbone']} {attrs['layer']}-{attrs['pool']} features of {dataset.name} "
+            f"({', '.join(f'{n} {len(s)}' for n, s in dataset.splits.items())}) on {device}, "
+            f"{attrs['image_size']} px, {attrs['precision']}")
+        started, done = time.perf_counter(), 0
+        with tqdm(total=sum(todo.values()), unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
+            for name, split in dataset.splits.items():
+                bar.set_description(name)
+                for row, features, errors in extractor.split(split, writer.rows_written(name)):
+                    if errors and not skip_bad:
+                        listed = "; ".join(reason for _, reason in errors[:5])
+                        raise UsageError(f"cannot read {len(errors)} image(s): {listed}; fix or remove them, or "
+                                         f"pass --skip-bad to leave them out (features so far are kept)")
+                    writer.write(name, row, features, [sample_id for sample_id, _ in errors])
+                    if errors:
+                        log(f"skipped unreadable: {'; '.join(reason for _, reason in errors)}")
+                    bar.update(len(features))
+                    done += len(features)
+        seconds = time.perf_counter() - started
+        final = writer.finish()
+    finally:
+        writer.close()
+    log(f"wrote {final} ({done} images in {seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s)")
+    return ExtractResult(final, reused=False, images=done, seconds=seconds)
+

@@ -1,0 +1,224 @@
+"""The HDF5 feature cache: the only module that knows the file layout.
+
+Layout of one cache entry (one file per dataset x backbone x weights x layer x pooling x input size):
+
+    /                 attrs: format_version, complete, backbone, weights, weights_sha256, layer, layer_module,
+                             pool, image_size, precision, transform (JSON), class_names (JSON), dataset,
+                             dataset_fingerprint, versions (JSON), feature_dim, created
+    /<split>/features float32 (N, D), chunked, written as computed
+    /<split>/labels   int64 (N,)
+    /<split>/ids      UTF-8 strings (N,): file path relative to the dataset root, or index
+    /<split>          attrs: num_samples, rows_written, skipped (JSON list of ids that could not be read)
+
+A file is written as `<entry>.h5.partial` and renamed to `<entry>.h5` only when every split is written,
+so a `.h5` is complete by construction (and says so in `complete`). A `.partial` is resumed by the same command.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from extract.errors import UsageError
+
+FORMAT_VERSION = 1
+SUFFIX = ".h5"
+PARTIAL_SUFFIX = ".h5.partial"
+# Attributes that decide what the features are: an entry is reused only if all of them match.
+IDENTITY_ATTRS = ("dataset", "dataset_fingerprint", "backbone", "weights", "weights_sha256", "layer", "pool",
+                  "image_size", "precision", "transform", "versions")
+
+
+def entry_name(attrs: dict) -> str:
+    """Readable prefix (what a person looks for) plus a hash of every attribute that decides the features."""
+    weights = attrs["weights"]
+    if weights == "none":
+        weights_slug = "random"
+    elif "/" in weights:
+        weights_slug = Path(weights).stem
+    else:  # "ResNet18_Weights.IMAGENET1K_V1" -> IMAGENET1K_V1, "package:imagenet" -> imagenet
+        weights_slug = weights.split(".")[-1].split(":")[-1]
+    readable = (f"{attrs['dataset']}__{attrs['backbone']}__{weights_slug}__{attrs['layer']}-{attrs['pool']}__"
+                f"{attrs['image_size']}px")
+    identity = json.dumps({k: attrs[k] for k in IDENTITY_ATTRS}, sort_keys=True)
+    return f"{readable}__{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
+
+
+@dataclass
+class SplitRows:
+    """What a split will hold, known before any feature is computed."""
+
+    ids: list[str]
+    labels: np.ndarray
+
+
+class CacheLock:
+    """An exclusive lock on one cache entry, so two processes never write the same file."""
+
+    def __init__(self, path: Path):
+        self.path = path.with_suffix(".lock")
+        self.handle = None
+
+    def __enter__(self) -> CacheLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise UsageError(f"another process (PID {holder}) is writing {self.path.with_suffix(SUFFIX).name}; "
+                             "wait for it to finish, then run again") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+        self.path.unlink(missing_ok=True)
+
+
+class CacheWriter:
+    """Writes features in chunks into `<entry>.h5.partial`, resumable; `finish()` makes the `.h5`."""
+
+    def __init__(self, final_path: Path, attrs: dict, splits: dict[str, SplitRows], feature_dim: int):
+        self.final_path = final_path
+        self.partial_path = final_path.with_suffix(PARTIAL_SUFFIX)
+        self.resumed = self._can_resume(attrs, splits, feature_dim)
+        if self.resumed:
+            self.file = h5py.File(self.partial_path, "a")
+        else:
+            self.file = h5py.File(self.partial_path, "w")
+            self._create(attrs, splits, feature_dim)
+
+    def _can_resume(self, attrs: dict, splits: dict[str, SplitRows], feature_dim: int) -> bool:
+        if not self.partial_path.exists():
+            return False
+        try:
+            with h5py.File(self.partial_path, "r") as old:
+                same = all(old.attrs.get(k) == _attr_value(attrs[k]) for k in IDENTITY_ATTRS)
+                same = same and int(old.attrs["feature_dim"]) == feature_dim
+                return same and all(name in old and old[name].attrs["num_samples"] == len(rows.ids)
+                                    for name, rows in splits.items())
+        except (OSError, KeyError):
+            return False  # a file torn by a kill mid-write: start it again
+
+    def _create(self, attrs: dict, splits: dict[str, SplitRows], feature_dim: int) -> None:
+        for key, value in attrs.items():
+            self.file.attrs[key] = _attr_value(value)
+        self.file.attrs["format_version"] = FORMAT_VERSION
+        self.file.attrs["complete"] = False
+        self.file.attrs["feature_dim"] = feature_dim
+        for name, rows in splits.items():
+            group = self.file.create_group(name)
+            count = len(rows.ids)
+            group.create_dataset("features", shape=(count, feature_dim), dtype="float32",
+                                 chunks=(max(1, min(count, max(1, (1 << 20) // (4 * feature_dim)))), feature_dim))
+            group.create_dataset("labels", data=rows.labels.astype(np.int64))
+            group.create_dataset("ids", data=np.asarray(rows.ids, dtype=object), dtype=h5py.string_dtype())
+            group.attrs["num_samples"] = count
+            group.attrs["rows_written"] = 0
+            group.attrs["skipped"] = "[]"
+        self.file.flush()
+
+    def rows_written(self, split: str) -> int:
+        return int(self.file[split].attrs["rows_written"])
+
+    def write(self, split: str, start: int, features: np.ndarray, skipped: list[str] = ()) -> None:
+        group = self.file[split]
+        group["features"][start:start + len(features)] = features
+        if skipped:
+            group.attrs["skipped"] = json.dumps(json.loads(group.attrs["skipped"]) + list(skipped))
+        group.attrs["rows_written"] = start + len(features)
+        self.file.flush()
+
+    def finish(self) -> Path:
+        self.file.attrs["complete"] = True
+        self.file.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.file.close()
+        os.replace(self.partial_path, self.final_path)
+        return self.final_path
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+
+def _attr_value(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list | tuple) else value
+
+
+class FeatureCache:
+    """A complete cache entry, read back: attributes, class names and each split's features."""
+
+    def __init__(self, path: Path, attrs: dict, splits: list[str]):
+        self.path = path
+        self.attrs = attrs
+        self.splits = splits
+
+    @property
+    def class_names(self) -> list[str]:
+        return json.loads(self.attrs["class_names"])
+
+    def describe(self) -> str:
+        return (f"{self.attrs['backbone']} ({self.attrs['weights']}) {self.attrs['layer']}-{self.attrs['pool']} "
+                f"features of {self.attrs['dataset']} at {self.attrs['image_size']} px")
+
+    def load(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features, labels and ids of a split, without the rows of images that could not be read."""
+        if split not in self.splits:
+            raise UsageError(f"{self.path.name} has no {split!r} split (it has {', '.join(self.splits)})")
+        with h5py.File(self.path, "r") as file:
+            group = file[split]
+            features = group["features"][...]
+            labels = group["labels"][...]
+            ids = group["ids"].asstr()[...]
+            skipped = set(json.loads(group.attrs["skipped"]))
+        if skipped:
+            keep = np.asarray([i not in skipped for i in ids])
+            features, labels, ids = features[keep], labels[keep], ids[keep]
+        return features, labels, ids
+
+
+def open_cache(path: str | os.PathLike) -> FeatureCache:
+    """Open a complete cache entry; anything else (partial, foreign, older format) is a UsageError."""
+    path = Path(path)
+    if path.name.endswith(PARTIAL_SUFFIX):
+        raise UsageError(f"{path} is an unfinished extraction; rerun the extract command that made it to finish it")
+    if not path.is_file():
+        raise UsageError(f"cache file {path} does not exist; run `python -m extract BACKBONE DATASET` first")
+    try:
+        with h5py.File(path, "r") as file:
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in file.attrs.items()}
+            splits = [k for k in file if isinstance(file[k], h5py.Group)]
+    except OSError as error:
+        if error.errno == errno.ENOENT:
+            raise
+        raise UsageError(f"{path} is not a readable HDF5 feature cache ({error}); extract it again") from None
+    if attrs.get("format_version") != FORMAT_VERSION:
+        raise UsageError(f"{path} was written in cache format {attrs.get('format_version', 'unknown')}, "
+                         f"this version reads {FORMAT_VERSION}; rerun extract with --force to rebuild it")
+    if not attrs.get("complete"):
+        raise UsageError(f"{path} is not marked complete; rerun the extract command that made it")
+    return FeatureCache(path, attrs, splits)
+
+
+def latest_cache(cache_dir: str | os.PathLike) -> Path:
+    """The most recently written complete entry in a cache folder."""
+    entries = sorted(Path(cache_dir).glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime)
+    if not entries:
+        raise UsageError(f"no feature cache in {cache_dir}/; run `python -m extract BACKBONE DATASET` first "
+                         "or pass a cache file")
+    return entries[-1]

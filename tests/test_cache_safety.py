@@ -1,0 +1,93 @@
+"""Interrupted runs resume, a second writer is refused, unreadable images are named or skipped."""
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from conftest import QUICK, run
+
+from extract.__main__ import main
+from extract.store import CacheLock, CacheWriter, open_cache
+
+
+def test_interrupted_extraction_resumes_to_the_same_features(tmp_path, sample_dir, lite_cache, capsys, monkeypatch):
+    args = ["efficientnet_lite0", str(sample_dir), "--cache-dir", str(tmp_path), *QUICK, "--batch-size", "16"]
+    original, calls = CacheWriter.write, []
+
+    def write_then_die(self, *a, **k):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        original(self, *a, **k)
+
+    monkeypatch.setattr(CacheWriter, "write", write_then_die)
+    code, _, err = run(main, args, capsys)
+    assert code == 130 and "resume" in err
+    (partial,) = tmp_path.glob("*.h5.partial")
+    assert not list(tmp_path.glob("*.h5"))
+    with h5py.File(partial, "r") as file:
+        assert file["train"].attrs["rows_written"] == 32 and not file.attrs["complete"]
+
+    monkeypatch.setattr(CacheWriter, "write", original)
+    code, out, err = run(main, args, capsys)
+    assert code == 0 and "resuming" in err and "88 images left" in err
+    resumed, reference = open_cache(out.strip()), open_cache(lite_cache)
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(resumed.load(split)[2], reference.load(split)[2])
+        np.testing.assert_allclose(resumed.load(split)[0], reference.load(split)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_partial_file_is_never_read_as_complete(tmp_path, capsys):
+    from classify.__main__ import main as classify_main
+
+    partial = tmp_path / "x.h5.partial"
+    partial.write_bytes(b"")
+    code, _, err = run(classify_main, ["svm", str(partial)], capsys)
+    assert code == 2 and "unfinished extraction" in err
+
+
+def test_second_writer_is_refused_naming_the_first(tmp_path, sample_dir, lite_cache, capsys):
+    target = tmp_path / lite_cache.name
+    with CacheLock(target):
+        code, _, err = run(main, ["efficientnet_lite0", str(sample_dir), "--cache-dir", str(tmp_path), *QUICK,
+                                  "--force"], capsys)
+    assert code == 2 and "another process (PID" in err
+
+
+def test_unreadable_images_are_named_or_skipped(tmp_path, sample_dir, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    (data / "train" / "bird" / "0000.jpg").write_bytes(b"not a jpeg at all")
+    good = (data / "train" / "cat" / "0000.jpg").read_bytes()
+    (data / "train" / "cat" / "0000.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    args = ["efficientnet_lite0", str(data), "--cache-dir", str(tmp_path / "cache"), *QUICK]
+    code, _, err = run(main, args, capsys)
+    assert code == 2 and "cannot read 2 image(s)" in err and "train/bird/0000.jpg" in err and "--skip-bad" in err
+    assert list((tmp_path / "cache").glob("*.h5.partial"))  # what was computed is kept
+
+    code, out, err = run(main, [*args, "--skip-bad"], capsys)
+    assert code == 0
+    features, labels, ids = open_cache(out.strip()).load("train")
+    assert len(ids) == 58 and "train/bird/0000.jpg" not in ids and np.isfinite(features).all()
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16"])
+def test_unusual_image_modes_become_rgb(mode, tmp_path):
+    from PIL import Image
+
+    from extract.datasets import load_image
+
+    array = (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)
+    image = Image.fromarray(array)
+    if mode == "I;16":
+        image = Image.fromarray(array.astype(np.uint16) * 257)
+        assert image.mode == "I;16"
+    else:
+        image = image.convert(mode)
+    path = tmp_path / f"x.{'png' if mode != 'CMYK' else 'tif'}"
+    image.save(path)
+    loaded = load_image(path, "x")
+    assert loaded.mode == "RGB" and loaded.size == (64, 64)
+    if mode in ("L", "I;16"):
+        assert np.abs(np.asarray(loaded)[..., 0].astype(int) - array).max() <= 1

@@ -1,0 +1,105 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import run
+
+from classify.__main__ import main
+from classify.heads import build_head, parse_grid
+from classify.models import load_model
+from extract.errors import UsageError
+from extract.store import open_cache
+
+
+@pytest.fixture(scope="module")
+def cache_copy(lite_cache, tmp_path_factory):
+    """The session cache in a folder of its own, so models written here do not leak into other tests."""
+    folder = tmp_path_factory.mktemp("classify")
+    return shutil.copy(lite_cache, folder / lite_cache.name)
+
+
+@pytest.fixture(scope="module")
+def trained(cache_copy):
+    from classify.train import train_head
+
+    return train_head(cache_copy, "logreg", "C=0.01,1", cv=2, n_jobs=1, log=lambda m: None)
+
+
+def test_grid_search_uses_train_only_and_beats_chance(trained):
+    assert trained.n_train == 60 and trained.n_test == 60
+    assert trained.best_params["C"] in (0.01, 1) and len(trained.cv_scores) == 2
+    # 10 classes, 6 images each at 96 px: real features score well above chance (0.1); broken ones do not.
+    assert trained.test_accuracy > 0.3
+    assert 0 <= trained.macro_f1 <= 1
+
+
+def test_saved_model_predicts_exactly_as_evaluated(trained, cache_copy):
+    model, metadata = load_model(trained.model_file)
+    features, labels, _ = open_cache(cache_copy).load("test")
+    accuracy = float(np.mean(model.predict(features) == labels))
+    assert accuracy == pytest.approx(trained.test_accuracy)
+    assert metadata["provenance"]["backbone"] == "efficientnet_lite0"
+    assert metadata["best_params"] == trained.best_params
+
+
+def test_predict_new_images_uses_the_recorded_backbone(trained, cache_copy, sample_dir, capsys):
+    features, _, ids = open_cache(cache_copy).load("test")
+    model, metadata = load_model(trained.model_file)
+    picked = [3, 25, 48]
+    expected = [metadata["class_names"][int(i)] for i in model.predict(features[picked])]
+    code, out, _ = run(main, ["predict", trained.model_file, *[str(sample_dir / ids[i]) for i in picked]], capsys)
+    assert code == 0
+    assert [line.split("\t")[1] for line in out.strip().splitlines()] == expected
+
+
+def test_cli_json_and_plot(cache_copy, capsys):
+    code, out, err = run(main, ["svm", str(cache_copy), "--grid", "C=1,10", "--cv", "2", "--n-jobs", "1", "--json"],
+                         capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert {"test_accuracy", "macro_f1", "best_params", "cache_file"} <= set(result)
+    assert result["cache_file"] == str(cache_copy) and "SVC" in result["estimator"]
+    from pathlib import Path
+
+    png = Path(result["confusion_png"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_a_file_the_newest_cache_is_used(cache_copy, capsys):
+    code, out, err = run(main, ["linearsvm", "--cache-dir", str(cache_copy.parent), "--cv", "2", "--n-jobs", "1"],
+                         capsys)
+    assert code == 0 and f"using the most recent cache: {cache_copy}" in err and "test accuracy" in out
+
+
+def test_tampered_model_is_refused(trained, tmp_path):
+    model = tmp_path / "m.joblib"
+    shutil.copy(trained.model_file, model)
+    shutil.copy(trained.model_file.replace(".joblib", ".json"), tmp_path / "m.json")
+    with open(model, "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(UsageError, match="refusing to load"):
+        load_model(model)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["svm", "--grid", "C"], "does not parse"),
+    (["svm", "--grid", "Cee=1,2"], "svm has no parameter Cee"),
+    (["logreg", "--cv", "7"], "--cv 7 is more than the 6 training images"),
+    (["svm", "no-such.h5"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, cache_copy, capsys):
+    if argv[1:2] != ["no-such.h5"]:
+        argv = [argv[0], str(cache_copy), *argv[1:]]
+    code, _, err = run(main, argv, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_empty_cache_dir_says_what_to_run(tmp_path, capsys):
+    code, _, err = run(main, ["svm", "--cache-dir", str(tmp_path)], capsys)
+    assert code == 2 and "python -m extract" in err
+
+
+def test_grid_values_are_typed():
+    assert parse_grid("C=1,0.5;gamma=scale", "svm") == {"clf__C": [1, 0.5], "clf__gamma": ["scale"]}
+    assert build_head("svm").named_steps["clf"].kernel == "rbf"

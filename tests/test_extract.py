@@ -1,0 +1,130 @@
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from conftest import QUICK, REPO, run
+
+from extract.__main__ import main
+from extract.backbones import create_backbone
+from extract.datasets import load_image, resolve_dataset
+from extract.features import ExtractionSettings, Extractor
+from extract.store import open_cache
+
+
+def test_cache_file_describes_itself(lite_cache, sample_dir):
+    with h5py.File(lite_cache, "r") as file:
+        attrs = dict(file.attrs)
+        assert attrs["complete"] and attrs["backbone"] == "efficientnet_lite0"
+        assert attrs["layer"] == "penultimate" and attrs["pool"] == "avg" and attrs["image_size"] == 96
+        assert len(attrs["weights_sha256"]) == 64 and len(attrs["dataset_fingerprint"]) == 64
+        assert json.loads(attrs["transform"])["mean"] == [0.5, 0.5, 0.5]
+        assert "torch" in json.loads(attrs["versions"])
+        class_names = json.loads(attrs["class_names"])
+        assert class_names == sorted(p.name for p in (sample_dir / "train").iterdir())
+        for split in ("train", "test"):
+            group = file[split]
+            assert group["features"].shape == (60, 1280) and group["features"].dtype == np.float32
+            assert group["features"].chunks is not None
+            assert list(group["labels"][...]) == [c for c in range(10) for _ in range(6)]
+            ids = group["ids"].asstr()[...]
+            assert ids[0] == f"{split}/airplane/0000.jpg" and all(i.split("/")[1] == class_names[label]
+                                                                 for i, label in zip(ids, group["labels"], strict=True))
+            assert np.isfinite(group["features"][...]).all()
+
+
+def test_cached_features_equal_a_direct_forward_pass_in_order(lite_cache, sample_dir):
+    cache = open_cache(lite_cache)
+    features, _, ids = cache.load("test")
+    extractor = Extractor(create_backbone("efficientnet_lite0", image_size=96), "avg", ExtractionSettings())
+    picked = [0, 17, 59]
+    direct = extractor.images([load_image(sample_dir / ids[i], ids[i]) for i in picked])
+    np.testing.assert_allclose(direct, features[picked], rtol=1e-4, atol=1e-4)
+
+
+def test_rerun_reuses_the_cache_and_force_recomputes(lite_cache, sample_dir, capsys):
+    before = lite_cache.stat().st_mtime_ns
+    code, out, err = run(main, ["efficientnet_lite0", str(sample_dir), "--cache-dir", str(lite_cache.parent), *QUICK],
+                         capsys)
+    assert code == 0 and "reusing" in err and out.strip() == str(lite_cache)
+    assert lite_cache.stat().st_mtime_ns == before
+    code, out, err = run(main, ["efficientnet_lite0", str(sample_dir), "--cache-dir", str(lite_cache.parent),
+                                *QUICK, "--force", "--limit-per-class", "2"], capsys)
+    assert code == 0 and "extracting" in err
+
+
+def test_changed_dataset_gets_its_own_entry(tmp_path, sample_dir, capsys):
+    data = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(sample_dir, data)
+    args = ["efficientnet_lite0", str(data), "--cache-dir", str(tmp_path / "cache"), *QUICK, "--limit-per-class", "1"]
+    assert run(main, args, capsys)[0] == 0
+    first = sorted((tmp_path / "cache").glob("*.h5"))
+    os.utime(data / "train" / "cat" / "0000.jpg", ns=(1, 1))  # the file changed on disk
+    code, _, err = run(main, args, capsys)
+    assert code == 0 and "not reusing" in err and "differ" in err
+    assert len(sorted((tmp_path / "cache").glob("*.h5"))) == len(first) + 1
+
+
+def test_torchvision_backbone_with_random_and_local_weights(tmp_path, sample_dir, capsys):
+    import torch
+
+    args = [str(sample_dir), "--cache-dir", str(tmp_path), "--image-size", "64", "--limit-per-class", "2",
+            "--workers", "0"]
+    code, out, _ = run(main, ["resnet18", *args, "--weights", "none"], capsys)
+    assert code == 0
+    random_cache = open_cache(out.strip())
+    assert random_cache.attrs["weights"] == "none" and random_cache.load("train")[0].shape == (20, 512)
+
+    state = tmp_path / "resnet18-mine.pth"
+    torch.save(create_backbone("resnet18", weights="none").model.state_dict(), state)
+    code, out, _ = run(main, ["resnet18", *args, "--weights", str(state), "--pool", "max"], capsys)
+    assert code == 0
+    local_cache = open_cache(out.strip())
+    assert local_cache.attrs["weights"] == str(state.resolve()) and local_cache.attrs["pool"] == "max"
+    assert "resnet18-mine" in local_cache.path.name
+
+
+def test_digits_ships_offline():
+    dataset = resolve_dataset("digits", limit_per_class=3)
+    assert len(dataset.splits["train"]) == 30 and dataset.splits["test"].image(0).mode == "RGB"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["resnet81", "examples/cifar10-mini"], "unknown backbone 'resnet81'.*did you mean"),
+    (["efficientnet_lite0", "cifar11"], "unknown dataset 'cifar11'.*did you mean cifar10"),
+    (["efficientnet_lite0", "no/such/folder"], "does not exist"),
+    (["efficientnet_lite0", "examples/cifar10-mini", "--weights", "IMAGENET9"], "has weights 'default', 'none'"),
+    (["resnet18", "examples/cifar10-mini", "--weights", "IMAGENET9"], "has no weights 'IMAGENET9'"),
+    (["efficientnet_lite0", "examples/cifar10-mini", "--weights", "missing.pth"], "missing.pth does not exist"),
+    (["densenet121", "examples/cifar10-mini", "--weights", "none", "--pool", "max"], "only --pool avg"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, out, err = run(main, [*argv, "--cache-dir", str(tmp_path)], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    import re
+
+    assert re.search(message, err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_split_folder_missing(tmp_path, capsys):
+    (tmp_path / "photos" / "train" / "a").mkdir(parents=True)
+    code, _, err = run(main, ["efficientnet_lite0", str(tmp_path / "photos")], capsys)
+    assert code == 2 and "needs a train/ and a test/ (or val/)" in err
+
+
+def test_cli_exit_code_and_no_traceback_as_a_process(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "extract", "resnet81", "examples/cifar10-mini",
+                             "--cache-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "unknown backbone" in result.stderr
+
+
+def test_help_explains_the_commands():
+    result = subprocess.run([sys.executable, "-m", "extract", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and "--pool" in result.stdout and "python -m classify svm" in result.stdout
