@@ -59,3 +59,10 @@ def parse_grid(text: str | None, head: str) -> dict[str, list]:
         raise UsageError(f"{head} has no parameter {', '.join(unknown)}; its parameters are "
                          f"{', '.join(sorted(valid))}")
     return {f"clf__{name}": values for name, values in grid.items()}
+
+
+def fitted_parameter_count(pipeline: Pipeline) -> int:
+    """Numbers the fitted classifier learned (weights and biases; for a kernel SVM, its dual coefficients)."""
+    classifier = pipeline.named_steps["clf"]
+    return int(sum(getattr(classifier, name).size for name in ("coef_", "intercept_", "dual_coef_")
+                   if hasattr(classifier, name) and not (name == "coef_" and hasattr(classifier, "dual_coef_"))))

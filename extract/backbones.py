@@ -282,3 +282,43 @@ def _preprocess_of(weights) -> Preprocess:
     return Preprocess(crop_size=int(transform.crop_size[0]), resize_size=int(transform.resize_size[0]),
                       mean=tuple(float(v) for v in transform.mean), std=tuple(float(v) for v in transform.std),
                       interpolation=transform.interpolation.value)
+
+
+# ---- what fine-tuning needs to know about an architecture ----------------------------------------------------
+
+
+def classifier_layer(model: nn.Module) -> str:
+    """The final linear layer (the ImageNet classifier), which fine-tuning replaces."""
+    name = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            name = module_name
+    if name is None:
+        raise UsageError(f"{type(model).__name__} has no final linear layer to replace for fine-tuning")
+    return name
+
+
+def replace_classifier(model: nn.Module, num_classes: int) -> str:
+    """Swap the final linear layer for a freshly initialised one with `num_classes` outputs; return its name."""
+    name = classifier_layer(model)
+    old = model.get_submodule(name)
+    parent_name, _, attribute = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attribute, nn.Linear(old.in_features, num_classes))
+    return name
+
+
+def block_names(model: nn.Module) -> list[str]:
+    """Blocks that hold parameters, in forward order: top-level children, Sequential containers expanded once.
+
+    These are the names `--unfreeze-from` accepts (resnet18: conv1, bn1, layer1.0, ..., layer4.1, fc;
+    efficientnet_lite0: conv_stem, bn1, blocks.0, ..., blocks.6, conv_head, bn2, classifier).
+    """
+    names = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential):
+            names += [f"{name}.{sub}" for sub, grandchild in child.named_children()
+                      if any(True for _ in grandchild.parameters())]
+        elif any(True for _ in child.parameters()):
+            names.append(name)
+    return names

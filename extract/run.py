@@ -122,7 +122,7 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
                     bar.update(len(features))
                     done += len(features)
         seconds = time.perf_counter() - started
-        final = writer.finish()
+        final = writer.finish(extract_seconds=seconds, images_per_second=done / max(seconds, 1e-9))
     finally:
         writer.close()
     log(f"wrote {final} ({done} images in {seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s)")

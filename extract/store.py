@@ -4,7 +4,8 @@ Layout of one cache entry (one file per dataset x backbone x weights x layer x p
 
     /                 attrs: format_version, complete, backbone, weights, weights_sha256, layer, layer_module,
                              pool, image_size, precision, transform (JSON), class_names (JSON), dataset,
-                             dataset_fingerprint, versions (JSON), feature_dim, created
+                             dataset_fingerprint, versions (JSON), feature_dim, created, extract_seconds,
+                             images_per_second (of the run that finished the file)
     /<split>/features float32 (N, D), chunked, written as computed
     /<split>/labels   int64 (N,)
     /<split>/ids      UTF-8 strings (N,): file path relative to the dataset root, or index
@@ -144,7 +145,9 @@ class CacheWriter:
         group.attrs["rows_written"] = start + len(features)
         self.file.flush()
 
-    def finish(self) -> Path:
+    def finish(self, **extra_attrs) -> Path:
+        for key, value in extra_attrs.items():
+            self.file.attrs[key] = value
         self.file.attrs["complete"] = True
         self.file.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.file.close()

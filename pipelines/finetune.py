@@ -1,0 +1,390 @@
+"""Fine-tuning: freezing modes, parameter groups, the training loop, checkpoints, the per-epoch log.
+
+Backbones, weights, datasets and test-time preprocessing come from `extract` (one code path); this module
+adds only what training needs: augmentation, a validation split, optimisers and schedules, checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2 as T
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+from tqdm import tqdm
+
+from classify.evaluate import evaluate
+from extract.backbones import DEFAULT_BACKBONE, Preprocess, block_names, create_backbone, replace_classifier
+from extract.datasets import BadImageError, Dataset, Split, resolve_dataset
+from extract.errors import UsageError
+from extract.features import default_workers, normalize, resize_and_crop, resolve_device
+
+MODES = ("head", "partial", "full", "scratch")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step")
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tuning run. Everything here is recorded in the checkpoint and the result file."""
+
+    backbone: str = DEFAULT_BACKBONE
+    dataset: str = ""
+    mode: str = "full"
+    unfreeze_from: str | None = None
+    weights: str | None = None
+    image_size: int | None = None
+    limit_per_class: int | None = None
+    data_root: str = "data"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float | None = None
+    head_lr_mult: float = 10.0
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    patience: int = 3
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    workers: int | None = None
+    out: str = "runs/finetune"
+
+    def validate(self) -> None:
+        checks = [
+            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.epochs >= 1, f"--epochs must be 1 or more, not {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be 1 or more, not {self.batch_size}"),
+            (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1, not {self.val_fraction}"),
+            (self.head_lr_mult > 0, f"--head-lr-mult must be positive, not {self.head_lr_mult}"),
+            (self.precision in ("fp32", "bf16", "fp16"), "--precision must be fp32, bf16 or fp16"),
+            (self.unfreeze_from is None or self.mode == "partial", "--unfreeze-from goes with --mode partial"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+
+@dataclass
+class FinetuneResult:
+    strategy: str
+    test_accuracy: float
+    macro_f1: float
+    best_epoch: int
+    epochs_run: int
+    trainable_params: int
+    total_params: int
+    seconds: float
+    train_images_per_second: float
+    history: list[dict] = field(repr=False)
+    test_predictions: list[int] = field(repr=False)
+    out: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---- model preparation ------------------------------------------------------------------------------------
+
+
+def prepare_model(config: FinetuneConfig, num_classes: int) -> tuple[nn.Module, Preprocess, str]:
+    """The backbone with a new output layer and only the parameters of the mode trainable; the head's name."""
+    weights = "none" if config.mode == "scratch" else config.weights
+    backbone = create_backbone(config.backbone, weights, config.image_size)
+    model = backbone.model
+    head = replace_classifier(model, num_classes)
+    model.requires_grad_(False)
+    if config.mode in ("full", "scratch"):
+        model.requires_grad_(True)
+    elif config.mode == "partial":
+        blocks = block_names(model)
+        start = config.unfreeze_from or default_unfreeze_from(blocks)
+        if start not in blocks:
+            raise UsageError(f"--unfreeze-from {start!r} is not a block of {config.backbone}; "
+                             f"choose one of {', '.join(blocks)}")
+        for name in blocks[blocks.index(start):]:
+            model.get_submodule(name).requires_grad_(True)
+    model.get_submodule(head).requires_grad_(True)
+    return model, backbone.preprocess, head
+
+
+def default_unfreeze_from(blocks: list[str]) -> str:
+    """Train the last third of the blocks (by count) and the head."""
+    return blocks[max(0, len(blocks) - 1 - math.ceil((len(blocks) - 1) / 3))]
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Train mode, except batch-norm layers that are frozen: their running statistics stay untouched."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in module.parameters()):
+            module.eval()
+
+
+def parameter_groups(model: nn.Module, head: str, config: FinetuneConfig) -> list[dict]:
+    """The new head at lr x head_lr_mult; the pretrained part at lr (scratch: everything at the head's rate)."""
+    head_params = list(model.get_submodule(head).parameters())
+    head_ids = {id(p) for p in head_params}
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    head_lr = config.base_lr * config.head_lr_mult
+    body_lr = head_lr if config.mode == "scratch" else config.base_lr
+    groups = [{"params": head_params, "lr": head_lr, "name": "head"}]
+    if body:
+        groups.append({"params": body, "lr": body_lr, "name": "backbone"})
+    return groups
+
+
+def build_optimizer(groups: list[dict], config: FinetuneConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, config: FinetuneConfig, steps_per_epoch: int):
+    """Linear warm-up, then cosine decay to zero or steps of x0.1 at 50% and 75% of the run; stepped per batch."""
+    total = config.epochs * steps_per_epoch
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        if config.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 0.1 ** sum(progress >= m for m in (0.5, 0.75))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---- data -------------------------------------------------------------------------------------------------
+
+
+def train_transform(preprocess: Preprocess) -> T.Compose:
+    """Random resized crop and horizontal flip at the backbone's input size and interpolation (uint8 out)."""
+    return T.Compose([
+        T.PILToTensor(),
+        T.RandomResizedCrop(preprocess.crop_size, scale=(0.25, 1.0),
+                            interpolation=T.InterpolationMode(preprocess.interpolation), antialias=True),
+        T.RandomHorizontalFlip(),
+    ])
+
+
+class _LabelledImages(TorchDataset):
+    def __init__(self, split: Split, indices: np.ndarray, transform: Callable):
+        self.split, self.indices, self.transform = split, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        row = int(self.indices[index])
+        try:
+            image = self.split.image(row)
+        except BadImageError as error:
+            raise UsageError(f"cannot read image {error}; fix or remove it") from None
+        return self.transform(image), int(self.split.labels[row])
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/validation indices carved from the training split."""
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(labels))
+    counts = np.bincount(labels)
+    if counts[counts > 0].min() < 2:
+        raise UsageError("every class needs at least 2 training images to carve a validation split")
+    n_val = max(int(round(fraction * len(labels))), int((counts > 0).sum()))
+    train, val = train_test_split(indices, test_size=n_val, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def _loader(dataset: TorchDataset, config: FinetuneConfig, shuffle: bool, device: torch.device) -> DataLoader:
+    workers = default_workers() if config.workers is None else config.workers
+    generator = torch.Generator().manual_seed(config.seed)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle, num_workers=workers,
+                      pin_memory=device.type == "cuda", drop_last=False, generator=generator,
+                      persistent_workers=workers > 0)
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------
+
+
+def save_atomically(state: dict, path: Path) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def _comparable(config: FinetuneConfig) -> dict:
+    fields = asdict(config)
+    for key in ("epochs", "device", "workers", "out", "patience"):
+        fields.pop(key)
+    return fields
+
+
+# ---- the run ----------------------------------------------------------------------------------------------
+
+
+class _Trainer:
+    def __init__(self, model: nn.Module, preprocess: Preprocess, device: torch.device, precision: str):
+        self.model, self.preprocess, self.device = model, preprocess, device
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.autocast = dict(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
+        self.loss = nn.CrossEntropyLoss()
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize(images, self.preprocess, self.device)
+
+    def train_epoch(self, loader, optimizer, schedule, bar) -> tuple[float, float, int]:
+        set_train_mode(self.model)
+        total_loss, correct, seen = 0.0, 0, 0
+        for images, labels in loader:
+            labels = labels.to(self.device)
+            with torch.autocast(**self.autocast):
+                logits = self.model(self.inputs(images))
+                loss = self.loss(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            schedule.step()
+            total_loss += loss.item() * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+            bar.update(len(labels))
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+        return total_loss / seen, correct / seen, seen
+
+    @torch.inference_mode()
+    def predict(self, loader) -> np.ndarray:
+        self.model.eval()
+        predictions = []
+        for images, _ in loader:
+            with torch.autocast(**self.autocast):
+                predictions.append(self.model(self.inputs(images)).argmax(1).cpu())
+        return torch.cat(predictions).numpy()
+
+
+def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], None] = print,
+             dataset: Dataset | None = None) -> FinetuneResult:
+    """Train, early-stop on validation accuracy, evaluate the best checkpoint once on the test split."""
+    config.validate()
+    torch.manual_seed(config.seed)
+    dataset = dataset or resolve_dataset(config.dataset, config.data_root, config.limit_per_class)
+    device = resolve_device(config.device)
+    model, preprocess, head = prepare_model(config, len(dataset.class_names))
+    model.to(device).to(memory_format=torch.channels_last)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_split, test_split = dataset.splits["train"], dataset.splits["test"]
+    train_idx, val_idx = validation_split(train_split.labels, config.val_fraction, config.seed)
+    evaluate_transform = functools.partial(resize_and_crop, preprocess=preprocess)
+    train_loader = _loader(_LabelledImages(train_split, train_idx, train_transform(preprocess)), config, True, device)
+    val_loader = _loader(_LabelledImages(train_split, val_idx, evaluate_transform), config, False, device)
+    test_loader = _loader(_LabelledImages(test_split, np.arange(len(test_split)), evaluate_transform), config,
+                          False, device)
+
+    optimizer = build_optimizer(parameter_groups(model, head, config), config)
+    schedule = build_schedule(optimizer, config, len(train_loader))
+    trainer = _Trainer(model, preprocess, device, config.precision)
+    history, best_val, best_epoch, start_epoch, train_seconds, train_images = [], -1.0, 0, 1, 0.0, 0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if resume and last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=True)
+        if state["config"] != _comparable(config):
+            raise UsageError(f"{last_path} was written by a run with other settings; use another --out or drop "
+                             "--resume to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        history, best_val, best_epoch = state["history"], state["best_val"], state["best_epoch"]
+        start_epoch = state["epoch"] + 1
+        train_seconds, train_images = state["train_seconds"], state["train_images"]
+        log(f"resuming {config.mode} from epoch {state['epoch']} ({last_path})")
+    elif resume:
+        log(f"nothing to resume in {out}; starting from epoch 1")
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log(f"fine-tuning {config.backbone} ({config.mode}: {trainable:,} of {total:,} parameters trainable) on "
+        f"{dataset.name}: {len(train_idx)} train / {len(val_idx)} val / {len(test_split)} test images, "
+        f"{preprocess.crop_size} px, {device.type}")
+    stale = sum(1 for row in history if row["epoch"] > best_epoch)
+    for epoch in range(start_epoch, config.epochs + 1):
+        if stale >= config.patience:
+            log(f"early stop: validation accuracy has not improved for {config.patience} epochs")
+            break
+        epoch_start = time.perf_counter()
+        with tqdm(total=len(train_idx), unit="img", desc=f"{config.mode} epoch {epoch}/{config.epochs}",
+                  file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
+            train_loss, train_acc, seen = trainer.train_epoch(train_loader, optimizer, schedule, bar)
+        train_seconds += time.perf_counter() - epoch_start
+        train_images += seen
+        val_acc = float(np.mean(trainer.predict(val_loader) == train_split.labels[val_idx]))
+        history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                        "val_accuracy": val_acc, "seconds": time.perf_counter() - epoch_start,
+                        "lr_head": optimizer.param_groups[0]["lr"]})
+        log(f"epoch {epoch}: train loss {train_loss:.4f}, train acc {train_acc:.4f}, val acc {val_acc:.4f} "
+            f"({history[-1]['seconds']:.1f} s)")
+        if val_acc > best_val:
+            best_val, best_epoch, stale = val_acc, epoch, 0
+            save_atomically({"model": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc}, best_path)
+        else:
+            stale += 1
+        save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "schedule": schedule.state_dict(), "epoch": epoch, "history": history,
+                         "best_val": best_val, "best_epoch": best_epoch, "config": _comparable(config),
+                         "train_seconds": train_seconds, "train_images": train_images}, last_path)
+        write_history(history, out)
+
+    test_start = time.perf_counter()
+    model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
+    predictions = trainer.predict(test_loader)
+    seconds = sum(row["seconds"] for row in history) + time.perf_counter() - test_start
+    evaluation = evaluate(test_split.labels, predictions, dataset.class_names)
+    result = FinetuneResult(
+        strategy=config.mode, test_accuracy=evaluation.accuracy, macro_f1=evaluation.macro_f1,
+        best_epoch=best_epoch, epochs_run=len(history), trainable_params=trainable, total_params=total,
+        seconds=seconds,
+        train_images_per_second=train_images / max(train_seconds, 1e-9), history=history,
+        test_predictions=predictions.tolist(), out=str(out))
+    (out / "result.json").write_text(json.dumps({**result.to_dict(), "config": asdict(config)}, indent=2))
+    log(f"{config.mode}: test accuracy {result.test_accuracy:.4f} (best epoch {best_epoch}, val {best_val:.4f})")
+    return result
+
+
+def write_history(history: list[dict], out: Path) -> None:
+    """The per-epoch log as CSV and JSON, and its plot."""
+    with open(out / "history.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    from pipelines.report import plot_history
+
+    plot_history(history, out / "history.png")

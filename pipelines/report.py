@@ -1,0 +1,89 @@
+"""Plots and the comparison report page (Markdown beside its PNGs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: list[dict], path: Path) -> Path:
+    """Train loss, train accuracy and validation accuracy per epoch of one fine-tuning run."""
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    loss_ax.plot(epochs, [row["train_loss"] for row in history], marker="o")
+    loss_ax.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    acc_ax.plot(epochs, [row["train_accuracy"] for row in history], marker="o", label="train")
+    acc_ax.plot(epochs, [row["val_accuracy"] for row in history], marker="o", label="validation")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    acc_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_validation_curves(histories: dict[str, list[dict]], path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, history in histories.items():
+        ax.plot([r["epoch"] for r in history], [r["val_accuracy"] for r in history], marker="o", label=name)
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy per epoch", ylim=(0, 1))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_test_accuracy(rows: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    names = [row["strategy"] for row in rows]
+    values = [row["test_accuracy"] for row in rows]
+    bars = ax.bar(names, values, color=["#4c72b0" if n == "frozen" else "#dd8452" for n in names])
+    for bar, value in zip(bars, values, strict=True):
+        ax.text(bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.3f}", ha="center")
+    ax.set(ylabel="test accuracy", ylim=(0, 1.05), title="test accuracy by strategy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_samples(images: list, predicted: list[str], true: list[str], path: Path, title: str) -> Path:
+    """A grid of test images titled 'predicted (true)', green when right and red when wrong."""
+    plt = _pyplot()
+    columns = min(8, len(images))
+    rows = int(np.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 1.9 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, guess, truth in zip(axes.flat, images, predicted, true, strict=False):
+        ax.imshow(image)
+        ax.set_title(f"{guess}\n({truth})", fontsize=8, color="green" if guess == truth else "red")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| strategy | test accuracy | macro-F1 | wall time (s) | trainable params | images/s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['strategy']} | {row['test_accuracy']:.4f} | {row['macro_f1']:.4f} | "
+                     f"{row['seconds']:.1f} | {row['trainable_params']:,} | {row['images_per_second']:.1f} |")
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""Fine-tuning modes, learning rates, resume, and the comparison report, on tiny but real runs."""
+
+import json
+
+import pytest
+import torch
+from conftest import run
+
+from extract.datasets import resolve_dataset
+from pipelines.__main__ import main
+from pipelines.finetune import FinetuneConfig, finetune, parameter_groups, prepare_model
+
+TINY = dict(backbone="efficientnet_lite0", image_size=48, limit_per_class=4, epochs=1, batch_size=16, workers=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(sample_dir):
+    return resolve_dataset(str(sample_dir), limit_per_class=4)
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode, trains", [
+    ("head", {"classifier"}),
+    ("partial", {"blocks.5", "blocks.6", "conv_head", "bn2", "classifier"}),
+    ("full", None),
+    ("scratch", None),
+])
+def test_each_mode_trains_only_what_it_should(mode, trains, tiny_dataset, sample_dir, tmp_path):
+    config = FinetuneConfig(dataset=str(sample_dir), mode=mode, out=str(tmp_path), **TINY)
+    model, _, head = prepare_model(config, 10)
+    trainable = {name.rsplit(".", 1)[0] for name, p in model.named_parameters() if p.requires_grad}
+    if trains is None:
+        assert all(p.requires_grad for p in model.parameters())
+    else:
+        assert all(any(name == t or name.startswith(t + ".") for t in trains) for name in trainable)
+        assert all(any(name == t or name.startswith(t + ".") for name in trainable) for t in trains)
+
+    torch.manual_seed(config.seed)
+    before = snapshot(prepare_model(config, 10)[0])  # same seed, same new head as the run below
+    finetune(config, dataset=tiny_dataset, log=lambda m: None)
+    after = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    if trains is None:
+        assert any(k.startswith("conv_stem") for k in changed)
+    else:
+        # frozen weights and frozen batch-norm statistics are bit-identical after training
+        assert changed and all(any(k.startswith(t + ".") for t in trains) for k in changed)
+
+
+def test_head_learning_rate_is_the_multiple_asked_for(sample_dir):
+    config = FinetuneConfig(dataset=str(sample_dir), mode="full", lr=0.003, head_lr_mult=7, **TINY)
+    model, _, head = prepare_model(config, 10)
+    groups = {g["name"]: g["lr"] for g in parameter_groups(model, head, config)}
+    assert groups == {"head": pytest.approx(0.021), "backbone": pytest.approx(0.003)}
+
+
+def test_resume_continues_from_the_saved_epoch(sample_dir, tiny_dataset, tmp_path):
+    config = FinetuneConfig(dataset=str(sample_dir), mode="head", out=str(tmp_path), **TINY)
+    finetune(config, dataset=tiny_dataset, log=lambda m: None)
+    messages = []
+    config.epochs = 2
+    result = finetune(config, resume=True, dataset=tiny_dataset, log=messages.append)
+    assert any("resuming head from epoch 1" in m for m in messages)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    assert (tmp_path / "history.png").exists() and len((tmp_path / "history.csv").read_text().splitlines()) == 3
+
+
+def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    code, stdout, _ = run(main, ["compare", "efficientnet_lite0", str(sample_dir), "--strategies", "frozen,head",
+                                 "--image-size", "48", "--limit-per-class", "4", "--epochs", "1", "--workers", "0",
+                                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json"], capsys)
+    assert code == 0
+    rows = json.loads(stdout)
+    assert [r["strategy"] for r in rows] == ["frozen", "head"] and all(0 <= r["test_accuracy"] <= 1 for r in rows)
+    report = (out / "report.md").read_text()
+    assert "| frozen |" in report and "| head |" in report
+    for png in ("val_curves.png", "test_accuracy.png", "samples.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"({png})" in report
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["finetune", "efficientnet_lite0", "examples/cifar10-mini", "--mode", "partial", "--unfreeze-from", "layer9"],
+     "--unfreeze-from 'layer9' is not a block"),
+    (["finetune", "efficientnet_lite0", "examples/cifar10-mini", "--epochs", "0"], "--epochs must be 1 or more"),
+    (["compare", "efficientnet_lite0", "examples/cifar10-mini", "--strategies", "frozen,magic"], "unknown strategy"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    from conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    code, _, err = run(main, [*argv, "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
