@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from classify.evaluate import format_confusion
-from classify.heads import DEFAULT_GRIDS, HEADS
+from classify.heads import DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS, PCA_COMPONENTS
 from extract.errors import run_cli
 from extract.run import DEFAULT_CACHE_DIR
 from extract.store import latest_cache
@@ -20,7 +20,9 @@ EPILOG = """examples:
   python -m classify linearsvm --json             one JSON object on stdout, for scripts
   python -m classify predict cache/FILE.svm.joblib photo1.jpg photo2.png
 
-default grids: """ + "; ".join(f"{h}: {g}" for h, g in DEFAULT_GRIDS.items()) + """
+default grids: """ + "; ".join(f"{h}: {g}" for h, g in DEFAULT_GRIDS.items()) + f"""
+svm fits the exact RBF SVC up to {EXACT_SVM_MAX_TRAIN} training samples; above, an RBF SVC on a {PCA_COMPONENTS}-d
+PCA projection with C searched on a {EXACT_SVM_MAX_TRAIN}-sample subsample, then one fit on all (--exact, --approx).
 The grid search uses the train split only; the test split is scored once, with the best parameters.
 The fitted pipeline (FILE.HEAD.joblib), its metrics and provenance (FILE.HEAD.json) and the confusion
 matrix (FILE.HEAD.confusion.png) are written beside the cache file.
@@ -41,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--n-jobs", type=int, default=-1, help="parallel fits (default -1: all cores)")
         sub.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
         sub.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        if head == "svm":
+            sub.add_argument("--exact", action="store_true", help="always fit the exact RBF SVC (slow on large data)")
+            sub.add_argument("--approx", action="store_true",
+                             help="always use the scalable path (PCA projection, C searched on a subsample)")
     predict = commands.add_parser("predict", help="classify image files with a saved head")
     predict.add_argument("model_file", help="a .joblib written by a training command")
     predict.add_argument("images", nargs="+", help="image files")
@@ -63,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if cache_file is None:
         cache_file = latest_cache(args.cache_dir)
         print(f"using the most recent cache: {cache_file}", file=sys.stderr)
-    result = train_head(cache_file, args.command, args.grid, args.cv, args.n_jobs,
-                        log=lambda message: print(message, file=sys.stderr))
+    result = train_head(cache_file, args.command, args.grid, args.cv, args.n_jobs, exact=getattr(args, "exact", False),
+                        approx=getattr(args, "approx", False), log=lambda message: print(message, file=sys.stderr))
     if args.json:
         skip = ("report", "confusion", "class_names")
         print(json.dumps({k: v for k, v in result.to_dict().items() if k not in skip}))

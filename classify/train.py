@@ -8,10 +8,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 
+from classify import heads
 from classify.evaluate import evaluate, plot_confusion
-from classify.heads import build_head, parse_grid
+from classify.heads import build_head, parse_grid, rbf_gamma, svm_is_approximate
 from classify.models import save_model
 from extract.errors import UsageError
 from extract.store import open_cache
@@ -52,21 +54,36 @@ def check_cv(cv: int, labels: np.ndarray) -> None:
 
 
 def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, cv: int = 3, n_jobs: int = -1,
-               log: Callable[[str], None] = print) -> TrainResult:
+               exact: bool = False, approx: bool = False, log: Callable[[str], None] = print) -> TrainResult:
     cache = open_cache(cache_path)
     grid = parse_grid(grid_text, head)
     x_train, y_train, _ = cache.load("train")
     x_test, y_test, _ = cache.load("test")
-    check_cv(cv, y_train)
+    if head != "svm" and (exact or approx):
+        raise UsageError("--exact and --approx choose how the svm head is fitted; the linear heads have one way")
+    approximate = head == "svm" and svm_is_approximate(len(y_train), exact, approx)
+    search_x, search_y = x_train, y_train
+    if approximate and len(y_train) > heads.EXACT_SVM_MAX_TRAIN:
+        search_x, _, search_y, _ = train_test_split(x_train, y_train, train_size=heads.EXACT_SVM_MAX_TRAIN,
+                                                    stratify=y_train, random_state=0)
+    check_cv(cv, search_y)
+    # PCA inside each fold cannot keep more components than that fold has samples
+    components = min(heads.PCA_COMPONENTS, x_train.shape[1], len(search_y) - len(search_y) // cv - 1)
+    estimator = build_head(head, approximate, rbf_gamma(x_train), components) if head == "svm" else build_head(head)
+    if approximate:
+        log(f"svm: {len(y_train)} train samples (the exact SVC is slow above {heads.EXACT_SVM_MAX_TRAIN}): RBF SVC "
+            f"on a {components}-d PCA projection, C searched on {len(search_y)} samples, then one fit on all "
+            "(--exact forces the exact SVC)")
     combos = int(np.prod([len(v) for v in grid.values()]))
     log(f"{head}: GridSearchCV over {dict((k.removeprefix('clf__'), v) for k, v in grid.items())}, "
-        f"{cv}-fold on {len(y_train)} train samples x {x_train.shape[1]} features ({combos * cv} fits + 1)")
-    search = GridSearchCV(build_head(head), grid, cv=StratifiedKFold(cv, shuffle=True, random_state=0),
-                          n_jobs=n_jobs, refit=True, error_score="raise")
+        f"{cv}-fold on {len(search_y)} train samples x {x_train.shape[1]} features ({combos * cv} fits + 1)")
+    search = GridSearchCV(estimator, grid, cv=StratifiedKFold(cv, shuffle=True, random_state=0),
+                          n_jobs=n_jobs, refit=search_y is y_train, error_score="raise")
     started = time.perf_counter()
-    search.fit(x_train, y_train)
-    seconds = time.perf_counter() - started
-    model = search.best_estimator_
+    search.fit(search_x, search_y)
+    model = search.best_estimator_ if search_y is y_train else clone(estimator).set_params(
+        **search.best_params_).fit(x_train, y_train)
+    seconds = time.perf_counter() - started  # the whole training: search, and the refit on all samples
     evaluation = evaluate(y_test, model.predict(x_test), cache.class_names)
 
     base = cache.path.with_suffix("")
@@ -77,7 +94,7 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
                  for params, m in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"],
                                       strict=True)]
     result = TrainResult(
-        head=head, cache_file=str(cache.path), estimator=repr(model.named_steps["clf"]),
+        head=head, cache_file=str(cache.path), estimator=" -> ".join(repr(step) for _, step in model.steps),
         best_params={k.removeprefix("clf__"): v for k, v in search.best_params_.items()},
         cv_accuracy=float(search.best_score_), cv_scores=cv_scores, test_accuracy=evaluation.accuracy,
         macro_f1=evaluation.macro_f1, n_train=len(y_train), n_test=len(y_test), feature_dim=int(x_train.shape[1]),

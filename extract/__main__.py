@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torchvision dataset name (cifar10, ...), 'digits', or a folder with train/ and test/ "
                              "(or val/) holding one subfolder per class")
     parser.add_argument("--list", action="store_true", help="print the table of backbones and exit")
+    parser.add_argument("--verify", metavar="CACHE_FILE",
+                        help="check a cache file's integrity and provenance (weights, dataset, versions); exit 1 if "
+                             "a check fails")
     parser.add_argument("--weights", default=None,
                         help="'default' (pretrained, the default), 'none' (random init), a weights name such as "
                              "IMAGENET1K_V2, or a path to a local state-dict file")
@@ -62,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(format_table(backbone_table(args.cache_dir)))
         return 0
+    if args.verify:
+        from extract.run import verify_cache
+
+        rows = verify_cache(args.verify, args.data_root)
+        for check, passed, detail in rows:
+            print(f"{'ok  ' if passed else 'FAIL'}  {check}: {detail}")
+        return 0 if all(passed for _, passed, _ in rows) else 1
     if not args.backbone or not args.dataset:
         parser.print_usage(sys.stderr)
         print("error: give a BACKBONE and a DATASET (or --list)", file=sys.stderr)

@@ -11,6 +11,7 @@ import hashlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from PIL import Image
@@ -81,6 +82,8 @@ class Dataset:
     class_names: list[str]
     splits: dict[str, Split]
     fingerprint: str
+    source: str = ""
+    limit_per_class: int | None = None
 
     @property
     def slug(self) -> str:
@@ -256,12 +259,20 @@ def resolve_dataset(spec: str, data_root: str | Path = "data", limit_per_class: 
         raise UsageError(f"--limit-per-class must be 1 or more, not {limit_per_class}")
     key = spec.lower().replace("-", "").replace("_", "")
     if key in TORCHVISION_DATASETS and not Path(spec).exists():
-        return _torchvision_dataset(key, Path(data_root), limit_per_class, download)
-    if key in BUILTIN_DATASETS and not Path(spec).exists():
-        return _digits_dataset(limit_per_class)
-    path = Path(spec).expanduser()
-    if path.exists() or "/" in spec or spec.startswith("."):
-        return _folder_dataset(path, limit_per_class)
+        dataset = _torchvision_dataset(key, Path(data_root), limit_per_class, download)
+    elif key in BUILTIN_DATASETS and not Path(spec).exists():
+        dataset = _digits_dataset(limit_per_class)
+    elif Path(spec).expanduser().exists() or "/" in spec or spec.startswith("."):
+        path = Path(spec).expanduser()
+        dataset = _folder_dataset(path, limit_per_class)
+        spec = str(path.resolve())
+    else:
+        _unknown_dataset(spec, key)
+    dataset.source, dataset.limit_per_class = spec, limit_per_class
+    return dataset
+
+
+def _unknown_dataset(spec: str, key: str) -> NoReturn:
     names = sorted(TORCHVISION_DATASETS) + list(BUILTIN_DATASETS)
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""

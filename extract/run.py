@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -69,6 +70,8 @@ def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool:
         "layer": "penultimate", "layer_module": extractor.layer_module, "pool": pool,
         "image_size": backbone.preprocess.crop_size, "precision": extractor.settings.precision,
         "transform": preprocess, "versions": library_versions(),
+        # where the data came from, so --verify can re-fingerprint it (not part of the cache identity)
+        "dataset_source": dataset.source, "limit_per_class": dataset.limit_per_class or 0,
     }
 
 
@@ -128,3 +131,32 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
     log(f"wrote {final} ({done} images in {seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s)")
     return ExtractResult(final, reused=False, images=done, seconds=seconds)
 
+
+
+def verify_cache(path: str, data_root: str = "data") -> list[tuple[str, bool, str]]:
+    """The file's integrity, then its provenance: are the weights and the dataset still what made it?"""
+    from extract.store import check_file, open_cache
+
+    rows = check_file(path)
+    if not rows[0][1]:
+        return rows
+    attrs = open_cache(path).attrs
+    try:
+        backbone = create_backbone(attrs["backbone"], attrs["weights"], int(attrs["image_size"]))
+        rows.append(("weights sha256 matches", backbone.weights_sha256 == attrs["weights_sha256"],
+                     f"{attrs['weights']}: {attrs['weights_sha256'][:16]}..."))
+    except UsageError as error:
+        rows.append(("weights available", False, str(error)))
+    source = attrs.get("dataset_source")
+    try:
+        dataset = resolve_dataset(source, data_root, int(attrs.get("limit_per_class") or 0) or None, download=False)
+        rows.append(("dataset fingerprint matches", dataset.fingerprint == attrs["dataset_fingerprint"],
+                     f"{source}: files, sizes, mtimes and labels"))
+    except (UsageError, TypeError) as error:
+        rows.append(("dataset available", False, f"{source}: {error}"))
+    versions = json.loads(attrs["versions"])
+    now = library_versions()
+    rows.append(("library versions match", versions == now,
+                 ", ".join(f"{k} {versions.get(k)}" + ("" if versions.get(k) == v else f" (now {v})")
+                           for k, v in now.items())))
+    return rows

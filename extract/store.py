@@ -218,6 +218,32 @@ def open_cache(path: str | os.PathLike) -> FeatureCache:
     return FeatureCache(path, attrs, splits)
 
 
+def check_file(path: str | os.PathLike) -> list[tuple[str, bool, str]]:
+    """Integrity checks of a cache file: (check, passed, detail) rows. Reads every feature once."""
+    try:
+        cache = open_cache(path)
+    except UsageError as error:
+        return [("readable, complete, current format", False, str(error))]
+    rows = [("readable, complete, current format", True, f"format {FORMAT_VERSION}, {cache.describe()}")]
+    classes = len(cache.class_names)
+    with h5py.File(cache.path, "r") as file:
+        for split in cache.splits:
+            group = file[split]
+            written, total = int(group.attrs["rows_written"]), int(group.attrs["num_samples"])
+            rows.append((f"{split}: every row written", written == total == len(group["features"]),
+                         f"{written} of {total}"))
+            skipped = set(json.loads(group.attrs["skipped"]))
+            ids = group["ids"].asstr()[...]
+            keep = np.asarray([i not in skipped for i in ids], dtype=bool)
+            finite = bool(np.isfinite(group["features"][...][keep]).all())
+            rows.append((f"{split}: features finite", finite, f"{int(keep.sum())} rows, {len(skipped)} skipped"))
+            labels = group["labels"][...]
+            rows.append((f"{split}: labels within the {classes} classes",
+                         bool(((labels >= 0) & (labels < classes)).all()), f"{len(np.unique(labels))} classes used"))
+            rows.append((f"{split}: sample ids unique", len(set(ids)) == len(ids), f"{len(ids)} ids"))
+    return rows
+
+
 def latest_cache(cache_dir: str | os.PathLike) -> Path:
     """The most recently written complete entry in a cache folder."""
     entries = sorted(Path(cache_dir).glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime)

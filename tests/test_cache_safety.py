@@ -91,3 +91,27 @@ def test_unusual_image_modes_become_rgb(mode, tmp_path):
     assert loaded.mode == "RGB" and loaded.size == (64, 64)
     if mode in ("L", "I;16"):
         assert np.abs(np.asarray(loaded)[..., 0].astype(int) - array).max() <= 1
+
+
+def test_verify_reports_integrity_and_provenance(lite_cache, tmp_path, sample_dir, capsys):
+    code, out, _ = run(main, ["--verify", str(lite_cache)], capsys)
+    assert code == 0 and "FAIL" not in out
+    for check in ("every row written", "features finite", "weights sha256 matches", "dataset fingerprint matches"):
+        assert check in out
+
+    damaged = tmp_path / lite_cache.name
+    shutil.copy(lite_cache, damaged)
+    with h5py.File(damaged, "a") as file:
+        file["test"]["features"][3, 5] = np.nan
+    code, out, _ = run(main, ["--verify", str(damaged)], capsys)
+    assert code == 1 and "FAIL  test: features finite" in out and "ok    train: features finite" in out
+
+
+def test_verify_notices_a_changed_dataset(tmp_path, sample_dir, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    code, out, _ = run(main, ["efficientnet_lite0", str(data), "--cache-dir", str(tmp_path), *QUICK,
+                              "--limit-per-class", "1"], capsys)
+    (data / "test" / "dog" / "0000.jpg").write_bytes((data / "test" / "cat" / "0000.jpg").read_bytes())
+    code, out, _ = run(main, ["--verify", out.strip()], capsys)
+    assert code == 1 and "FAIL  dataset fingerprint matches" in out

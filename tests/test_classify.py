@@ -103,3 +103,24 @@ def test_empty_cache_dir_says_what_to_run(tmp_path, capsys):
 def test_grid_values_are_typed():
     assert parse_grid("C=1,0.5;gamma=scale", "svm") == {"clf__C": [1, 0.5], "clf__gamma": ["scale"]}
     assert build_head("svm").named_steps["clf"].kernel == "rbf"
+
+
+@pytest.mark.parametrize("limit, flags, expect_pca", [
+    (10_000, [], False),        # small data: the exact SVC
+    (10_000, ["--approx"], True),
+    (40, [], True),             # "large" data (above a lowered threshold): the scalable path
+    (40, ["--exact"], False),
+])
+def test_svm_path_follows_data_size_and_flags(limit, flags, expect_pca, cache_copy, capsys, monkeypatch):
+    import classify.heads
+
+    monkeypatch.setattr(classify.heads, "EXACT_SVM_MAX_TRAIN", limit)
+    code, out, err = run(main, ["svm", str(cache_copy), "--cv", "2", "--n-jobs", "1", "--json", *flags], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert ("PCA(" in result["estimator"]) == expect_pca
+    assert ("C searched on 40 samples" in err) == (expect_pca and limit == 40)
+    model, _ = load_model(result["model_file"])
+    assert " -> ".join(repr(step) for _, step in model.steps) == result["estimator"]  # reported is what was saved
+    features, labels, _ = open_cache(cache_copy).load("test")
+    assert float(np.mean(model.predict(features) == labels)) == pytest.approx(result["test_accuracy"])
