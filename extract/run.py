@@ -68,7 +68,7 @@ def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool:
         "dataset": dataset.slug, "dataset_fingerprint": dataset.fingerprint, "class_names": dataset.class_names,
         "backbone": backbone.name, "weights": backbone.weights, "weights_sha256": backbone.weights_sha256,
         "layer": "penultimate", "layer_module": extractor.layer_module, "pool": pool,
-        "image_size": backbone.preprocess.crop_size, "precision": extractor.settings.precision,
+        "image_size": backbone.preprocess.crop_size, "precision": extractor.precision,
         "transform": preprocess, "versions": library_versions(),
         # where the data came from, so --verify can re-fingerprint it (not part of the cache identity)
         "dataset_source": dataset.source, "limit_per_class": dataset.limit_per_class or 0,

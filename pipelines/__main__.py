@@ -7,7 +7,6 @@ import json
 import sys
 
 from extract.errors import run_cli
-from extract.features import PRECISIONS
 from extract.run import DEFAULT_CACHE_DIR
 from pipelines.finetune import MODES, OPTIMIZERS, SCHEDULES, FinetuneConfig
 
@@ -44,7 +43,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="of the train split, for early stopping")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="training precision (mixed precision with autocast when not fp32)")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 

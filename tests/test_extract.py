@@ -128,3 +128,14 @@ def test_cli_exit_code_and_no_traceback_as_a_process(tmp_path):
 def test_help_explains_the_commands():
     result = subprocess.run([sys.executable, "-m", "extract", "--help"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and "--pool" in result.stdout and "python -m classify svm" in result.stdout
+
+
+def test_bf16_is_its_own_cache_entry_and_close_to_fp32(lite_cache, sample_dir, capsys):
+    code, out, _ = run(main, ["efficientnet_lite0", str(sample_dir), "--cache-dir", str(lite_cache.parent), *QUICK,
+                              "--precision", "bf16"], capsys)
+    assert code == 0 and out.strip() != str(lite_cache)
+    fast, exact = open_cache(out.strip()), open_cache(lite_cache)
+    assert fast.attrs["precision"] == "bf16" and exact.attrs["precision"] == "fp32"
+    a, b = fast.load("test")[0], exact.load("test")[0]
+    cosine = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.97 and not np.array_equal(a, b)
