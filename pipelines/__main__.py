@@ -33,7 +33,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=None, help="backbone learning rate (sgd 0.01, adamw 1e-4)")
+    parser.add_argument("--lr", type=float, default=None, help="backbone learning rate (sgd 0.003, adamw 1e-4)")
     parser.add_argument("--head-lr-mult", type=float, default=10.0)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd (momentum 0.9) or adamw")
     parser.add_argument("--weight-decay", type=float, default=1e-4)

@@ -34,7 +34,7 @@ from extract.features import default_workers, normalize, resize_and_crop, resolv
 MODES = ("head", "partial", "full", "scratch")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
-DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
+DEFAULT_LR = {"sgd": 0.003, "adamw": 1e-4}
 
 
 @dataclass
