@@ -132,7 +132,6 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
     return ExtractResult(final, reused=False, images=done, seconds=seconds)
 
 
-
 def verify_cache(path: str, data_root: str = "data") -> list[tuple[str, bool, str]]:
     """The file's integrity, then its provenance: are the weights and the dataset still what made it?"""
     from extract.store import check_file, open_cache
