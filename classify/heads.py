@@ -93,5 +93,5 @@ def parse_grid(text: str | None, head: str) -> dict[str, list]:
 def fitted_parameter_count(pipeline: Pipeline) -> int:
     """Numbers the fitted classifier learned (weights and biases; for a kernel SVM, its dual coefficients)."""
     classifier = pipeline.named_steps["clf"]
-    return int(sum(getattr(classifier, name).size for name in ("coef_", "intercept_", "dual_coef_")
-                   if hasattr(classifier, name) and not (name == "coef_" and hasattr(classifier, "dual_coef_"))))
+    weights = "dual_coef_" if hasattr(classifier, "dual_coef_") else "coef_"
+    return int(getattr(classifier, weights).size + classifier.intercept_.size)

@@ -63,7 +63,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
         raise UsageError("--exact and --approx choose how the svm head is fitted; the linear heads have one way")
     approximate = head == "svm" and svm_is_approximate(len(y_train), exact, approx)
     search_x, search_y = x_train, y_train
-    if approximate and len(y_train) > heads.EXACT_SVM_MAX_TRAIN:
+    subsampled = approximate and len(y_train) > heads.EXACT_SVM_MAX_TRAIN
+    if subsampled:
         search_x, _, search_y, _ = train_test_split(x_train, y_train, train_size=heads.EXACT_SVM_MAX_TRAIN,
                                                     stratify=y_train, random_state=0)
     check_cv(cv, search_y)
@@ -78,10 +79,10 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     log(f"{head}: GridSearchCV over {dict((k.removeprefix('clf__'), v) for k, v in grid.items())}, "
         f"{cv}-fold on {len(search_y)} train samples x {x_train.shape[1]} features ({combos * cv} fits + 1)")
     search = GridSearchCV(estimator, grid, cv=StratifiedKFold(cv, shuffle=True, random_state=0),
-                          n_jobs=n_jobs, refit=search_y is y_train, error_score="raise")
+                          n_jobs=n_jobs, refit=not subsampled, error_score="raise")
     started = time.perf_counter()
     search.fit(search_x, search_y)
-    model = search.best_estimator_ if search_y is y_train else clone(estimator).set_params(
+    model = search.best_estimator_ if not subsampled else clone(estimator).set_params(
         **search.best_params_).fit(x_train, y_train)
     seconds = time.perf_counter() - started  # the whole training: search, and the refit on all samples
     evaluation = evaluate(y_test, model.predict(x_test), cache.class_names)

@@ -111,17 +111,18 @@ def penultimate_layer(model: nn.Module) -> tuple[str, bool]:
     feature map (avg- or max-pooled by us). A few (DenseNet, MobileNetV2, ViT, ...) pool inside forward();
     then the input of the final linear layer is taken: already pooled, as the model itself pools it.
     """
-    pool = linear = None
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.AdaptiveAvgPool2d):
-            pool = module_name
-        elif isinstance(module, nn.Linear):
-            linear = module_name
+    pool, linear = _last_module(model, nn.AdaptiveAvgPool2d), _last_module(model, nn.Linear)
     if pool is not None:
         return pool, True
     if linear is not None:
         return linear, False
     raise UsageError(f"{type(model).__name__} has neither a global pooling nor a linear layer to read features from")
+
+
+def _last_module(model: nn.Module, kind: type[nn.Module]) -> str | None:
+    """Name of the last module of a type, in registration (forward) order."""
+    names = [name for name, module in model.named_modules() if isinstance(module, kind)]
+    return names[-1] if names else None
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -289,10 +290,7 @@ def _preprocess_of(weights) -> Preprocess:
 
 def classifier_layer(model: nn.Module) -> str:
     """The final linear layer (the ImageNet classifier), which fine-tuning replaces."""
-    name = None
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            name = module_name
+    name = _last_module(model, nn.Linear)
     if name is None:
         raise UsageError(f"{type(model).__name__} has no final linear layer to replace for fine-tuning")
     return name

@@ -159,6 +159,13 @@ class CacheWriter:
             self.file.close()
 
 
+def _kept_rows(group: h5py.Group) -> tuple[np.ndarray, np.ndarray, set[str]]:
+    """A split's ids, the mask of rows whose image was read (not in `skipped`), and the skipped ids."""
+    ids = group["ids"].asstr()[...]
+    skipped = set(json.loads(group.attrs["skipped"]))
+    return ids, np.asarray([i not in skipped for i in ids], dtype=bool), skipped
+
+
 def _attr_value(value):
     return json.dumps(value, sort_keys=True) if isinstance(value, dict | list | tuple) else value
 
@@ -185,14 +192,8 @@ class FeatureCache:
             raise UsageError(f"{self.path.name} has no {split!r} split (it has {', '.join(self.splits)})")
         with h5py.File(self.path, "r") as file:
             group = file[split]
-            features = group["features"][...]
-            labels = group["labels"][...]
-            ids = group["ids"].asstr()[...]
-            skipped = set(json.loads(group.attrs["skipped"]))
-        if skipped:
-            keep = np.asarray([i not in skipped for i in ids])
-            features, labels, ids = features[keep], labels[keep], ids[keep]
-        return features, labels, ids
+            ids, keep, _ = _kept_rows(group)
+            return group["features"][...][keep], group["labels"][...][keep], ids[keep]
 
 
 def open_cache(path: str | os.PathLike) -> FeatureCache:
@@ -232,9 +233,7 @@ def check_file(path: str | os.PathLike) -> list[tuple[str, bool, str]]:
             written, total = int(group.attrs["rows_written"]), int(group.attrs["num_samples"])
             rows.append((f"{split}: every row written", written == total == len(group["features"]),
                          f"{written} of {total}"))
-            skipped = set(json.loads(group.attrs["skipped"]))
-            ids = group["ids"].asstr()[...]
-            keep = np.asarray([i not in skipped for i in ids], dtype=bool)
+            ids, keep, skipped = _kept_rows(group)
             finite = bool(np.isfinite(group["features"][...][keep]).all())
             rows.append((f"{split}: features finite", finite, f"{int(keep.sum())} rows, {len(skipped)} skipped"))
             labels = group["labels"][...]
