@@ -18,6 +18,7 @@ EPILOG = """examples:
   python -m classify svm                          RBF SVM on the most recent cache entry
   python -m classify logreg cache/FILE.h5 --grid "C=0.01,0.1,1" --cv 5
   python -m classify linearsvm --json             one JSON object on stdout, for scripts
+  python -m classify logreg --layer best          choose the layer by CV (cache from extract --layers all)
   python -m classify predict cache/FILE.svm.joblib photo1.jpg photo2.png
 
 default grids: """ + "; ".join(f"{h}: {g}" for h, g in DEFAULT_GRIDS.items()) + f"""
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--grid", default=None,
                          help=f"parameters to search, e.g. \"C=0.1,1,10\" (default {DEFAULT_GRIDS[head]}); "
                               "several separated by ';'")
+        sub.add_argument("--layer", default=None,
+                         help="which cached layer to train on (default: penultimate): a name such as stage3, several "
+                              "joined by '+' (each scaled to equal variance), or 'best' to choose by cross-validation "
+                              "on the train split among every cached layer (extract them with --layers all)")
         sub.add_argument("--cv", type=int, default=3, help="cross-validation folds on the train split (default 3)")
         sub.add_argument("--n-jobs", type=int, default=-1, help="parallel fits (default -1: all cores)")
         sub.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         cache_file = latest_cache(args.cache_dir)
         print(f"using the most recent cache: {cache_file}", file=sys.stderr)
     result = train_head(cache_file, args.command, args.grid, args.cv, args.n_jobs, exact=getattr(args, "exact", False),
-                        approx=getattr(args, "approx", False), log=lambda message: print(message, file=sys.stderr))
+                        approx=getattr(args, "approx", False), layer=args.layer,
+                        log=lambda message: print(message, file=sys.stderr))
     if args.json:
         skip = ("report", "confusion", "class_names")
         print(json.dumps({k: v for k, v in result.to_dict().items() if k not in skip}))
@@ -79,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
           f"search {result.search_seconds:.1f} s")
     for entry in result.cv_scores:
         print(f"  {entry['params']}: cv accuracy {entry['mean_cv_accuracy']:.4f}")
+    if len(result.layer_scores) > 1:
+        print("best cv accuracy per layer: " + ", ".join(f"{name} {score:.4f}"
+                                                         for name, score in result.layer_scores.items()))
     print(f"\ntest accuracy {result.test_accuracy:.4f}   macro-F1 {result.macro_f1:.4f}   "
-          f"({result.n_test} test images, {result.n_train} train, {result.feature_dim} features)\n")
+          f"({result.n_test} test images, {result.n_train} train, {result.feature_dim} {result.layer} features)\n")
     print(result.report)
     print(format_confusion(np.asarray(result.confusion), result.class_names))
     print(f"\nmodel: {result.model_file}\nconfusion matrix: {result.confusion_png}")

@@ -3,17 +3,20 @@
 `svm` is an RBF-kernel SVC. Its fit costs grow roughly with the square of the training size (measured here,
 1280-d features: about 50 s at 10,000 samples, about 10 minutes at 50,000), so above EXACT_SVM_MAX_TRAIN samples
 it runs on a PCA projection of the features (PCA_COMPONENTS dimensions, keeping the RBF width of the full
-features) with C searched on a stratified subsample of EXACT_SVM_MAX_TRAIN samples, then one fit on all of
-the data. `--exact` forces the exact path, `--approx` the scalable one.
+features: RBFProjection) with C searched on a stratified subsample of EXACT_SVM_MAX_TRAIN samples, then one fit on
+all of the data. `--exact` forces the exact path, `--approx` the scalable one. On that path a searched gamma is
+relative to the 'scale' width (gamma=1 is 'scale').
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
+from sklearn.utils.validation import check_is_fitted
 
 from extract.errors import UsageError
 
@@ -28,9 +31,58 @@ EXACT_SVM_MAX_TRAIN = 10_000
 PCA_COMPONENTS = 256
 
 
-def rbf_gamma(features: np.ndarray) -> float:
-    """scikit-learn's gamma='scale' of the full features, fixed so a projection keeps the same kernel width."""
-    return float(1.0 / (features.shape[1] * features.var()))
+class LayerSelector(TransformerMixin, BaseEstimator):
+    """The columns of one cached layer, or of several joined by '+' ('stage3+penultimate').
+
+    Joined layers are each scaled to a total variance of 1 (learned on the training data), so a wide layer does
+    not drown a narrow one. `layer` is an ordinary parameter, so GridSearchCV can search over layers.
+    """
+
+    def __init__(self, layout: dict[str, tuple[int, int]] | None = None, layer: str = "penultimate"):
+        self.layout = layout
+        self.layer = layer
+
+    def _blocks(self) -> list[tuple[int, int]]:
+        names = self.layer.split("+")
+        unknown = [name for name in names if name not in self.layout]
+        if unknown:
+            raise UsageError(f"--layer {self.layer!r}: this cache has no layer {', '.join(unknown)}; it holds "
+                             f"{', '.join(self.layout)} (extract others with --layers)")
+        return [tuple(self.layout[name]) for name in names]
+
+    def fit(self, features: np.ndarray, labels=None) -> LayerSelector:
+        blocks = self._blocks()
+        self.n_features_in_ = features.shape[1]
+        self.scales_ = [1.0] if len(blocks) == 1 else [
+            float(1.0 / np.sqrt(max(features[:, start:stop].var(axis=0).sum(), 1e-12))) for start, stop in blocks]
+        return self
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "scales_")
+        if len(self.scales_) == 1:
+            start, stop = self._blocks()[0]
+            return features[:, start:stop]
+        return np.hstack([features[:, start:stop] * scale
+                          for (start, stop), scale in zip(self._blocks(), self.scales_, strict=True)])
+
+
+class RBFProjection(TransformerMixin, BaseEstimator):
+    """PCA to at most `components` dimensions of features scaled so that an RBF kernel with gamma=1 on the output
+    has the width scikit-learn's gamma='scale' gives the full features (1 / (n_features * variance)).
+    The projection keeps distances nearly intact, so it is the same kernel, cheaper."""
+
+    def __init__(self, components: int = PCA_COMPONENTS):
+        self.components = components
+
+    def fit(self, features: np.ndarray, labels=None) -> RBFProjection:
+        self.scale_ = float(1.0 / np.sqrt(features.shape[1] * max(features.var(), 1e-12)))
+        keep = min(self.components, features.shape[1], features.shape[0] - 1)
+        self.pca_ = PCA(keep, random_state=0).fit(features * self.scale_)
+        return self
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "pca_")
+        return self.pca_.transform(features * self.scale_)
 
 
 def svm_is_approximate(n_train: int, exact: bool = False, approx: bool = False) -> bool:
@@ -39,24 +91,27 @@ def svm_is_approximate(n_train: int, exact: bool = False, approx: bool = False) 
     return approx or (not exact and n_train > EXACT_SVM_MAX_TRAIN)
 
 
-def build_head(name: str, approximate: bool = False, gamma: float | str = "scale",
-               components: int = PCA_COMPONENTS) -> Pipeline:
-    """An unfitted Pipeline whose last step, `clf`, is the classifier.
+def build_head(name: str, layout: dict[str, tuple[int, int]] | None = None, layer: str = "penultimate",
+               approximate: bool = False) -> Pipeline:
+    """An unfitted Pipeline: `layer` picks the cached layer's columns, `clf` is the classifier.
 
     Linear heads standardise each feature first (their solvers converge far faster); the RBF SVM works on the
     raw features, whose scale gamma='scale' already accounts for (measured here: 0.3 points better).
     """
     from sklearn.linear_model import LogisticRegression
 
+    select = [("layer", LayerSelector(layout, layer))] if layout else []
     if name == "svm":
-        steps = [("pca", PCA(components, random_state=0))] if approximate else []
-        return Pipeline([*steps, ("clf", SVC(kernel="rbf", gamma=gamma, cache_size=2000))])
+        if approximate:
+            return Pipeline([*select, ("project", RBFProjection()), ("clf", SVC(kernel="rbf", gamma=1.0,
+                                                                                  cache_size=2000))])
+        return Pipeline([*select, ("clf", SVC(kernel="rbf", gamma="scale", cache_size=2000))])
     if name == "linearsvm":
         # the dual coordinate-descent solver converges in few passes at the small C that standardised CNN features
         # want (measured on 50,000 x 1,280 with tol 1e-3: 26 s at C=3e-4, 42 s at 1e-3, same accuracy as tol 1e-4)
-        return Pipeline([("scale", StandardScaler()), ("clf", LinearSVC(dual=True, tol=1e-3, max_iter=5000))])
+        return Pipeline([*select, ("scale", StandardScaler()), ("clf", LinearSVC(dual=True, tol=1e-3, max_iter=5000))])
     if name == "logreg":
-        return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=2000))])
+        return Pipeline([*select, ("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=2000))])
     raise UsageError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
 
 

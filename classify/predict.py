@@ -25,7 +25,8 @@ def predict_images(model_path: str | Path, image_paths: list[str], device: str =
     current = json.loads(json.dumps(backbone.preprocess.to_dict()))  # tuples become lists, as in the record
     if any(recorded.get(key) != value for key, value in current.items()):
         raise UsageError("this backbone's preprocessing changed since the model was trained; train it again")
-    extractor = Extractor(backbone, source["pool"], ExtractionSettings(device=device, precision=source["precision"]))
+    extractor = Extractor(backbone, source["pool"], ExtractionSettings(device=device, precision=source["precision"]),
+                          layers=source["layer"])
     images = []
     for path in image_paths:
         if not Path(path).is_file():

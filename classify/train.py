@@ -13,7 +13,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_sp
 
 from classify import heads
 from classify.evaluate import evaluate, plot_confusion
-from classify.heads import build_head, parse_grid, rbf_gamma, svm_is_approximate
+from classify.heads import build_head, parse_grid, svm_is_approximate
 from classify.models import save_model
 from extract.errors import UsageError
 from extract.store import open_cache
@@ -25,8 +25,10 @@ class TrainResult:
     cache_file: str
     estimator: str
     best_params: dict
+    layer: str
     cv_accuracy: float
     cv_scores: list[dict]
+    layer_scores: dict[str, float]
     test_accuracy: float
     macro_f1: float
     n_train: int
@@ -43,6 +45,11 @@ class TrainResult:
         return asdict(self)
 
 
+def short_name(param: str) -> str:
+    """'clf__C' -> 'C', 'layer__layer' -> 'layer': the names users write in --grid and see in reports."""
+    return param.split("__", 1)[-1]
+
+
 def check_cv(cv: int, labels: np.ndarray) -> None:
     present = np.bincount(labels)
     smallest = int(present[present > 0].min()) if present.any() else 0
@@ -53,10 +60,33 @@ def check_cv(cv: int, labels: np.ndarray) -> None:
                          f"use --cv {max(2, smallest)} or fewer folds")
 
 
+def default_layer(layout: dict) -> str:
+    """penultimate when the cache holds it (what transfer learning usually reads), else its deepest layer."""
+    if "penultimate" in layout:
+        return "penultimate"
+    return [name for name in layout if name != "logits"][-1] if set(layout) != {"logits"} else "logits"
+
+
+def layer_grid(layer: str | None, layout: dict) -> tuple[str, list[str]]:
+    """The starting layer and the layers to search: one, or with 'best' every cached layer but the logits."""
+    if layer != "best":
+        return layer or default_layer(layout), []
+    candidates = [name for name in layout if name != "logits"]
+    if len(candidates) < 2:
+        raise UsageError(f"--layer best needs a cache with several layers; this one holds {', '.join(layout)}. "
+                         "Extract with --layers all")
+    return candidates[-1], candidates
+
+
 def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, cv: int = 3, n_jobs: int = -1,
-               exact: bool = False, approx: bool = False, log: Callable[[str], None] = print) -> TrainResult:
+               exact: bool = False, approx: bool = False, layer: str | None = None,
+               log: Callable[[str], None] = print) -> TrainResult:
+    """GridSearchCV on the train split (over `layer` too when it is 'best'), then one score on the test split."""
     cache = open_cache(cache_path)
     grid = parse_grid(grid_text, head)
+    start_layer, search_layers = layer_grid(layer, cache.layout)
+    if search_layers:
+        grid = {"layer__layer": search_layers, **grid}
     x_train, y_train, _ = cache.load("train")
     x_test, y_test, _ = cache.load("test")
     if head != "svm" and (exact or approx):
@@ -68,15 +98,14 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
         search_x, _, search_y, _ = train_test_split(x_train, y_train, train_size=heads.EXACT_SVM_MAX_TRAIN,
                                                     stratify=y_train, random_state=0)
     check_cv(cv, search_y)
-    # PCA inside each fold cannot keep more components than that fold has samples
-    components = min(heads.PCA_COMPONENTS, x_train.shape[1], len(search_y) - len(search_y) // cv - 1)
-    estimator = build_head(head, approximate, rbf_gamma(x_train), components) if head == "svm" else build_head(head)
+    estimator = build_head(head, cache.layout, start_layer, approximate)
+    estimator.named_steps["layer"].fit(x_train[:2])  # an unknown --layer fails here, before any search
     if approximate:
         log(f"svm: {len(y_train)} train samples (the exact SVC is slow above {heads.EXACT_SVM_MAX_TRAIN}): RBF SVC "
-            f"on a {components}-d PCA projection, C searched on {len(search_y)} samples, then one fit on all "
-            "(--exact forces the exact SVC)")
+            f"on a {heads.PCA_COMPONENTS}-d PCA projection, C searched on {len(search_y)} samples, then one fit on "
+            "all (--exact forces the exact SVC)")
     combos = int(np.prod([len(v) for v in grid.values()]))
-    log(f"{head}: GridSearchCV over {dict((k.removeprefix('clf__'), v) for k, v in grid.items())}, "
+    log(f"{head}: GridSearchCV over {dict((short_name(k), v) for k, v in grid.items())}, "
         f"{cv}-fold on {len(search_y)} train samples x {x_train.shape[1]} features ({combos * cv} fits + 1)")
     search = GridSearchCV(estimator, grid, cv=StratifiedKFold(cv, shuffle=True, random_state=0),
                           n_jobs=n_jobs, refit=not subsampled, error_score="raise")
@@ -88,21 +117,34 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     evaluation = evaluate(y_test, model.predict(x_test), cache.class_names)
 
     base = cache.path.with_suffix("")
+    if layer:  # models of other layers than the default sit beside the default one
+        base = Path(f"{base}.{layer}")
     model_path = Path(f"{base}.{head}.joblib")
     png = plot_confusion(evaluation.confusion, cache.class_names, Path(f"{base}.{head}.confusion.png"),
                          f"{head} on {cache.attrs['backbone']} features: test accuracy {evaluation.accuracy:.3f}")
-    cv_scores = [{"params": {k.removeprefix("clf__"): v for k, v in params.items()}, "mean_cv_accuracy": float(m)}
-                 for params, m in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"],
-                                      strict=True)]
+    cv_scores, layer_scores = _cv_tables(search, search_layers or [start_layer])
+    selector = model.named_steps["layer"]
     result = TrainResult(
-        head=head, cache_file=str(cache.path), estimator=" -> ".join(repr(step) for _, step in model.steps),
-        best_params={k.removeprefix("clf__"): v for k, v in search.best_params_.items()},
-        cv_accuracy=float(search.best_score_), cv_scores=cv_scores, test_accuracy=evaluation.accuracy,
-        macro_f1=evaluation.macro_f1, n_train=len(y_train), n_test=len(y_test), feature_dim=int(x_train.shape[1]),
-        search_seconds=seconds, model_file=str(model_path), confusion_png=str(png), class_names=cache.class_names,
-        report=evaluation.report,
+        head=head, cache_file=str(cache.path),
+        estimator=" -> ".join(repr(step) for name, step in model.steps if name != "layer"),
+        best_params={short_name(k): v for k, v in search.best_params_.items()}, layer=selector.layer,
+        cv_accuracy=float(search.best_score_), cv_scores=cv_scores, layer_scores=layer_scores,
+        test_accuracy=evaluation.accuracy, macro_f1=evaluation.macro_f1, n_train=len(y_train), n_test=len(y_test),
+        feature_dim=int(selector.transform(x_train[:1]).shape[1]), search_seconds=seconds, model_file=str(model_path),
+        confusion_png=str(png), class_names=cache.class_names, report=evaluation.report,
         confusion=evaluation.confusion.tolist())
     provenance = {k: cache.attrs[k] for k in ("backbone", "weights", "weights_sha256", "layer", "pool", "image_size",
                                               "precision", "dataset", "dataset_fingerprint", "transform")}
     save_model(model, model_path, {**result.to_dict(), "provenance": provenance})
     return result
+
+
+def _cv_tables(search: GridSearchCV, layers: list[str]) -> tuple[list[dict], dict[str, float]]:
+    """Mean CV accuracy of every parameter combination, and the best of each layer (one layer unless 'best')."""
+    cv_scores = [{"params": {short_name(k): v for k, v in params.items()}, "mean_cv_accuracy": float(m)}
+                 for params, m in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"],
+                                      strict=True)]
+    if len(layers) == 1:
+        return cv_scores, {layers[0]: float(search.best_score_)}
+    return cv_scores, {name: max(e["mean_cv_accuracy"] for e in cv_scores if e["params"]["layer"] == name)
+                       for name in layers}

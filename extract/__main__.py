@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from extract.errors import run_cli
-from extract.features import POOLS, PRECISIONS, ExtractionSettings
+from extract.features import DEFAULT_LAYER, POOLS, PRECISIONS, ExtractionSettings
 from extract.run import DEFAULT_CACHE_DIR, ExtractRequest, extract_to_cache
 
 EPILOG = """examples:
@@ -14,6 +14,7 @@ EPILOG = """examples:
   python -m extract resnet18 cifar10                          torchvision weights and dataset (downloads once)
   python -m extract resnet18 path/to/photos --weights none    random init (a scratch baseline)
   python -m extract vgg16 path/to/photos --pool max           max-pooled last conv features
+  python -m extract resnet18 digits --layers stage3,stage4,penultimate   three layers, one pass, one file
   python -m extract --list                                    every backbone with its size and ImageNet top-1
 
 The features land in --cache-dir as one HDF5 file per (dataset, backbone, weights, layer, pooling, input
@@ -36,8 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=None,
                         help="'default' (pretrained, the default), 'none' (random init), a weights name such as "
                              "IMAGENET1K_V2, or a path to a local state-dict file")
+    parser.add_argument("--layers", default=DEFAULT_LAYER,
+                        help="layers to read, comma-separated, all in one pass and one file: stageK (the output of "
+                             "the last block at stride 2**K: stage2 ... stage5), penultimate (the default: what the "
+                             "classifier sees), logits (the ImageNet class scores), or 'all' (every stage and "
+                             "penultimate). An earlier layer suits data far from ImageNet. `python -m extract "
+                             "BACKBONE --layers list` names them with their modules")
     parser.add_argument("--pool", choices=POOLS, default="avg",
-                        help="global pooling of the last conv feature map (default: avg)")
+                        help="global pooling of each spatial feature map: avg (default), max, or avgmax (both, "
+                             "side by side)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="input size in pixels (default: the weights' own, e.g. 224)")
     parser.add_argument("--limit-per-class", type=int, default=None, metavar="N",
@@ -73,12 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         for check, passed, detail in rows:
             print(f"{'ok  ' if passed else 'FAIL'}  {check}: {detail}")
         return 0 if all(passed for _, passed, _ in rows) else 1
+    if args.backbone and args.layers == "list":
+        from extract.catalog import layer_table
+
+        print(layer_table(args.backbone))
+        return 0
     if not args.backbone or not args.dataset:
         parser.print_usage(sys.stderr)
         print("error: give a BACKBONE and a DATASET (or --list)", file=sys.stderr)
         return 2
     request = ExtractRequest(
-        backbone=args.backbone, dataset=args.dataset, weights=args.weights, pool=args.pool,
+        backbone=args.backbone, dataset=args.dataset, weights=args.weights, pool=args.pool, layers=args.layers,
         image_size=args.image_size, limit_per_class=args.limit_per_class, data_root=args.data_root,
         cache_dir=args.cache_dir, force=args.force, skip_bad=args.skip_bad,
         settings=ExtractionSettings(batch_size=args.batch_size, device=args.device, precision=args.precision,

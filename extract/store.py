@@ -2,11 +2,13 @@
 
 Layout of one cache entry (one file per dataset x backbone x weights x layer x pooling x input size):
 
-    /                 attrs: format_version, complete, backbone, weights, weights_sha256, layer, layer_module,
-                             pool, image_size, precision, transform (JSON), class_names (JSON), dataset,
-                             dataset_fingerprint, versions (JSON), feature_dim, created, extract_seconds,
+    /                 attrs: format_version, complete, backbone, weights, weights_sha256, layer (the layers,
+                             comma-separated), layer_module (JSON: layer -> module), layout (JSON: [layer, first
+                             column, end column] of each layer in `features`), pool, image_size, precision,
+                             transform (JSON), class_names (JSON), dataset, dataset_fingerprint, versions (JSON),
+                             feature_dim, created, extract_seconds,
                              images_per_second (of the run that finished the file)
-    /<split>/features float32 (N, D), chunked, written as computed
+    /<split>/features float32 (N, D), chunked, written as computed; several layers sit side by side
     /<split>/labels   int64 (N,)
     /<split>/ids      UTF-8 strings (N,): file path relative to the dataset root, or index
     /<split>          attrs: num_samples, rows_written, skipped (JSON list of ids that could not be read)
@@ -31,7 +33,8 @@ import numpy as np
 
 from extract.errors import UsageError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added several layers per file (`layout`); format 1 files (one layer) are still read
+READABLE_FORMATS = (1, 2)
 SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".h5.partial"
 # Attributes that decide what the features are: an entry is reused only if all of them match.
@@ -182,6 +185,13 @@ class FeatureCache:
     def class_names(self) -> list[str]:
         return json.loads(self.attrs["class_names"])
 
+    @property
+    def layout(self) -> dict[str, tuple[int, int]]:
+        """Layer name -> (first column, end column) in the features; a format-1 file holds one layer."""
+        if "layout" not in self.attrs:
+            return {self.attrs["layer"]: (0, int(self.attrs["feature_dim"]))}
+        return {name: (start, stop) for name, start, stop in json.loads(self.attrs["layout"])}
+
     def describe(self) -> str:
         return (f"{self.attrs['backbone']} ({self.attrs['weights']}) {self.attrs['layer']}-{self.attrs['pool']} "
                 f"features of {self.attrs['dataset']} at {self.attrs['image_size']} px")
@@ -211,9 +221,9 @@ def open_cache(path: str | os.PathLike) -> FeatureCache:
         if error.errno == errno.ENOENT:
             raise
         raise UsageError(f"{path} is not a readable HDF5 feature cache ({error}); extract it again") from None
-    if attrs.get("format_version") != FORMAT_VERSION:
-        raise UsageError(f"{path} was written in cache format {attrs.get('format_version', 'unknown')}, "
-                         f"this version reads {FORMAT_VERSION}; rerun extract with --force to rebuild it")
+    if attrs.get("format_version") not in READABLE_FORMATS:
+        raise UsageError(f"{path} was written in cache format {attrs.get('format_version', 'unknown')}, this version "
+                         f"reads {' and '.join(map(str, READABLE_FORMATS))}; rerun extract with --force to rebuild it")
     if not attrs.get("complete"):
         raise UsageError(f"{path} is not marked complete; rerun the extract command that made it")
     return FeatureCache(path, attrs, splits)
@@ -224,8 +234,8 @@ def check_file(path: str | os.PathLike) -> list[tuple[str, bool, str]]:
     try:
         cache = open_cache(path)
     except UsageError as error:
-        return [("readable, complete, current format", False, str(error))]
-    rows = [("readable, complete, current format", True, f"format {FORMAT_VERSION}, {cache.describe()}")]
+        return [("readable, complete, known format", False, str(error))]
+    rows = [("readable, complete, known format", True, f"format {cache.attrs['format_version']}, {cache.describe()}")]
     classes = len(cache.class_names)
     with h5py.File(cache.path, "r") as file:
         for split in cache.splits:

@@ -39,3 +39,15 @@ def run(main, argv: list[str], capsys) -> tuple[int, str, str]:
     code = run_cli(main, argv)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(scope="session")
+def layers_cache(sample_dir, tmp_path_factory) -> Path:
+    """efficientnet_lite0 features of the sample at every layer and the logits, in one file."""
+    from extract.__main__ import main
+
+    cache_dir = tmp_path_factory.mktemp("layers")
+    assert run_cli(main, ["efficientnet_lite0", str(sample_dir), "--cache-dir", str(cache_dir), *QUICK,
+                          "--layers", "all,logits"]) == 0
+    (path,) = cache_dir.glob("*.h5")
+    return path

@@ -118,9 +118,10 @@ def test_svm_path_follows_data_size_and_flags(limit, flags, expect_pca, cache_co
     code, out, err = run(main, ["svm", str(cache_copy), "--cv", "2", "--n-jobs", "1", "--json", *flags], capsys)
     assert code == 0, err
     result = json.loads(out)
-    assert ("PCA(" in result["estimator"]) == expect_pca
+    assert ("RBFProjection(" in result["estimator"]) == expect_pca
     assert ("C searched on 40 samples" in err) == (expect_pca and limit == 40)
     model, _ = load_model(result["model_file"])
-    assert " -> ".join(repr(step) for _, step in model.steps) == result["estimator"]  # reported is what was saved
+    reported = " -> ".join(repr(step) for name, step in model.steps if name != "layer")
+    assert reported == result["estimator"]  # what is reported is what was saved
     features, labels, _ = open_cache(cache_copy).load("test")
     assert float(np.mean(model.predict(features) == labels)) == pytest.approx(result["test_accuracy"])
