@@ -24,6 +24,8 @@ import fcntl
 import hashlib
 import json
 import os
+import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +103,8 @@ class CacheWriter:
         self.final_path = final_path
         self.partial_path = final_path.with_suffix(PARTIAL_SUFFIX)
         self.resumed = self._can_resume(attrs, splits, feature_dim)
+        if not self.resumed:
+            check_free_space(final_path.parent, _bytes_needed(splits, feature_dim))
         if self.resumed:
             self.file = h5py.File(self.partial_path, "a")
         else:
@@ -128,7 +132,11 @@ class CacheWriter:
         for name, rows in splits.items():
             group = self.file.create_group(name)
             count = len(rows.ids)
-            group.create_dataset("features", shape=(count, feature_dim), dtype="float32",
+            # all space allocated now, not chunk by chunk: a disk filling up later cannot fail a write midway
+            # (HDF5 does not survive a failed write well)
+            allocate_early = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            allocate_early.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            group.create_dataset("features", shape=(count, feature_dim), dtype="float32", dcpl=allocate_early,
                                  chunks=(max(1, min(count, max(1, (1 << 20) // (4 * feature_dim)))), feature_dim))
             group.create_dataset("labels", data=rows.labels.astype(np.int64))
             group.create_dataset("ids", data=np.asarray(rows.ids, dtype=object), dtype=h5py.string_dtype())
@@ -160,6 +168,25 @@ class CacheWriter:
     def close(self) -> None:
         if self.file.id.valid:
             self.file.close()
+
+
+def _bytes_needed(splits: dict[str, SplitRows], feature_dim: int) -> int:
+    """Features, labels and ids of every split, plus room for HDF5's own structures."""
+    rows = sum(len(r.ids) for r in splits.values())
+    ids = sum(len(i.encode()) + 16 for r in splits.values() for i in r.ids)
+    return rows * (4 * feature_dim + 8) + ids + (1 << 20)
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    """Refuse to start a file the disk (or the process's file-size limit) cannot hold."""
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    soft_limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if soft_limit != resource.RLIM_INFINITY:
+        free = min(free, soft_limit)
+    if needed > free:
+        raise UsageError(f"the features need {needed / 1e6:.1f} MB but only {free / 1e6:.1f} MB can be written in "
+                         f"{directory}; free some space or pass --cache-dir on another disk")
 
 
 def _kept_rows(group: h5py.Group) -> tuple[np.ndarray, np.ndarray, set[str]]:

@@ -1,4 +1,4 @@
-"""python -m pipelines finetune|compare BACKBONE DATASET: fine-tune, or compare with frozen features."""
+"""python -m pipelines advise|finetune|compare: which strategy suits a dataset; fine-tuning; frozen vs fine-tuned."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ import argparse
 import json
 import sys
 
+from extract.backbones import DEFAULT_BACKBONE
 from extract.errors import run_cli
+from extract.features import ExtractionSettings
 from extract.run import DEFAULT_CACHE_DIR
+from pipelines.advise import LARGE_PER_CLASS, MIN_CONFIDENCE, MIN_TOP_LAYER_MARGIN, PROBE_PER_CLASS
+from pipelines.compare import DEFAULT_STRATEGIES, STRATEGIES
 from pipelines.finetune import MODES, OPTIMIZERS, SCHEDULES, FinetuneConfig
 
 EPILOG = """examples:
+  python -m pipelines advise examples/cifar10-mini            measure size and ImageNet similarity, recommend
+  python -m pipelines advise digits --run                     ... and run the recommended strategy
   python -m pipelines finetune efficientnet_lite0 examples/cifar10-mini --mode head --epochs 3 --image-size 96
   python -m pipelines finetune resnet18 path/to/photos --mode partial --unfreeze-from layer4.0
   python -m pipelines compare efficientnet_lite0 ../shared/datasets/cifar10 --limit-per-class 200 \\
@@ -19,6 +25,22 @@ EPILOG = """examples:
 modes: head (new output layer only; batch-norm statistics frozen), partial (blocks from --unfreeze-from on,
 default the last third), full (everything), scratch (same architecture, random init).
 The pretrained part trains at --lr, the new output layer at lr x --head-lr-mult (default 10).
+"""
+
+
+ADVISE_HELP = f"""Where does a dataset sit among the four transfer-learning quadrants, and what should run?
+
+size: train images in the smallest class; large from {LARGE_PER_CLASS}.
+similarity to ImageNet, measured on the first --probe-per-class train images of each class (features cached):
+  ImageNet confidence: mean top-1 probability of the pretrained classifier over its 1000 classes
+    (similar from {MIN_CONFIDENCE})
+  top-layer margin: linear-probe CV accuracy of the penultimate layer minus that of the best earlier stage
+    (similar from {MIN_TOP_LAYER_MARGIN})
+  similar when both pass.
+small+similar: frozen (penultimate features, linear/SVM head); small+dissimilar: frozen-layers (the layer chosen
+by CV among every stage); large+similar: partial fine-tuning; large+dissimilar: full fine-tuning from ImageNet
+weights.
+Thresholds and their calibration: docs/advisor.md.
 """
 
 
@@ -53,6 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    advise = commands.add_parser(
+        "advise", help="measure a dataset's size and similarity to ImageNet; recommend (and --run) a strategy",
+        description=ADVISE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    advise.add_argument("dataset", help="dataset name or folder with train/ and test/, as for python -m extract")
+    advise.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    advise.add_argument("--image-size", type=int, default=None)
+    advise.add_argument("--probe-per-class", type=int, default=PROBE_PER_CLASS, metavar="N",
+                        help=f"train images per class whose features measure similarity (default {PROBE_PER_CLASS})")
+    advise.add_argument("--limit-per-class", type=int, default=None, metavar="N",
+                        help="advise on (and --run on) the first N images of each class only")
+    advise.add_argument("--data-root", default="data")
+    advise.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where the probe's features are cached")
+    advise.add_argument("--workers", type=int, default=None)
+    advise.add_argument("--run", action="store_true", help="run the recommended strategy (python -m pipelines "
+                                                             "compare with that strategy) and write its report")
+    advise.add_argument("--out", default=None,
+                        help="report folder for --run (default reports/BACKBONE-DATASET-advised)")
+    advise.add_argument("--json", action="store_true", help="print the advice (and --run's result) as JSON")
     tune = commands.add_parser("finetune", help="fine-tune a backbone on a dataset")
     add_training_arguments(tune)
     tune.add_argument("--mode", choices=MODES, default="full")
@@ -60,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", default=None, help="run folder (default runs/BACKBONE-DATASET-MODE)")
     both = commands.add_parser("compare", help="frozen features + best head vs fine-tuning strategies")
     add_training_arguments(both)
-    both.add_argument("--strategies", default=None, help="comma-separated subset of frozen,head,partial,full,scratch")
+    both.add_argument("--strategies", default=None,
+                      help=f"comma-separated subset of {','.join(STRATEGIES)} (default {','.join(DEFAULT_STRATEGIES)})")
     both.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
     both.add_argument("--out", default=None, help="report folder (default reports/BACKBONE-DATASET)")
     return parser
@@ -77,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     slug = Path(args.dataset.rstrip("/")).name or args.dataset
+    if args.command == "advise":
+        return run_advise(args, slug, log)
     if args.command == "finetune":
         from pipelines.finetune import finetune
 
@@ -98,6 +141,30 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(markdown_table(rows))
         print(f"\nreport: {out}/report.md")
+    return 0
+
+
+def run_advise(args: argparse.Namespace, slug: str, log) -> int:
+    from pipelines.advise import advise, format_advice
+    from pipelines.compare import compare
+
+    settings = ExtractionSettings(workers=args.workers)
+    advice = advise(args.dataset, args.backbone, args.probe_per_class, args.image_size, args.cache_dir,
+                    args.data_root, args.limit_per_class, settings, log=log)
+    output = advice.to_dict()
+    if not args.json:
+        print(format_advice(advice))
+    if args.run:
+        out = args.out or f"reports/{args.backbone}-{slug}-advised"
+        config = FinetuneConfig(backbone=args.backbone, dataset=args.dataset, image_size=args.image_size,
+                                limit_per_class=args.limit_per_class, data_root=args.data_root, workers=args.workers)
+        (row,) = compare(config, [advice.strategy], args.cache_dir, out, log=log)
+        output["result"] = {k: v for k, v in row.items() if k != "test_predictions"}
+        if not args.json:
+            print(f"\n{advice.strategy}: test accuracy {row['test_accuracy']:.4f} ({row['detail']}); "
+                  f"report: {out}/report.md")
+    if args.json:
+        print(json.dumps(output))
     return 0
 
 

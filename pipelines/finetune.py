@@ -202,10 +202,33 @@ class _LabelledImages(TorchDataset):
     def __getitem__(self, index: int):
         row = int(self.indices[index])
         try:
-            image = self.split.image(row)
+            return self.transform(self.split.image(row)), int(self.split.labels[row])
         except BadImageError as error:
-            raise UsageError(f"cannot read image {error}; fix or remove it") from None
-        return self.transform(image), int(self.split.labels[row])
+            return None, str(error)
+
+
+@dataclass
+class _UnreadableImages:
+    """What a loader worker hands back instead of a batch with unreadable images (its exceptions would arrive as a
+    multi-line traceback text)."""
+
+    reasons: list[str]
+
+
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor] | _UnreadableImages:
+    bad = [reason for image, reason in items if image is None]
+    if bad:
+        return _UnreadableImages(bad)
+    return torch.utils.data.default_collate(items)
+
+
+def _batches(loader: DataLoader):
+    """The loader's batches; an unreadable image stops the run with its name."""
+    for batch in loader:
+        if isinstance(batch, _UnreadableImages):
+            raise UsageError(f"cannot read {len(batch.reasons)} image(s): {'; '.join(batch.reasons[:5])}; fix or "
+                             "remove them (checkpoints written so far are kept)")
+        yield batch
 
 
 def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +247,7 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 def _loader(dataset: TorchDataset, config: FinetuneConfig, shuffle: bool, device: torch.device) -> DataLoader:
     workers = default_workers() if config.workers is None else config.workers
     generator = torch.Generator().manual_seed(config.seed)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle, num_workers=workers,
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle, num_workers=workers, collate_fn=_collate,
                       pin_memory=device.type == "cuda", drop_last=False, generator=generator,
                       persistent_workers=workers > 0)
 
@@ -262,7 +285,7 @@ class _Trainer:
     def train_epoch(self, loader, optimizer, schedule, bar) -> tuple[float, float, int]:
         set_train_mode(self.model)
         total_loss, correct, seen = 0.0, 0, 0
-        for images, labels in loader:
+        for images, labels in _batches(loader):
             labels = labels.to(self.device)
             with torch.autocast(**self.autocast):
                 logits = self.model(self.inputs(images))
@@ -283,7 +306,7 @@ class _Trainer:
     def predict(self, loader) -> np.ndarray:
         self.model.eval()
         predictions = []
-        for images, _ in loader:
+        for images, _ in _batches(loader):
             with torch.autocast(**self.autocast):
                 predictions.append(self.model(self.inputs(images)).argmax(1).cpu())
         return torch.cat(predictions).numpy()

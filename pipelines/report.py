@@ -52,7 +52,7 @@ def plot_test_accuracy(rows: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     names = [row["strategy"] for row in rows]
     values = [row["test_accuracy"] for row in rows]
-    bars = ax.bar(names, values, color=["#4c72b0" if n == "frozen" else "#dd8452" for n in names])
+    bars = ax.bar(names, values, color=["#4c72b0" if n.startswith("frozen") else "#dd8452" for n in names])
     for bar, value in zip(bars, values, strict=True):
         ax.text(bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.3f}", ha="center")
     ax.set(ylabel="test accuracy", ylim=(0, 1.05), title="test accuracy by strategy")

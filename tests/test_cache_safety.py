@@ -1,14 +1,21 @@
 """Interrupted runs resume, a second writer is refused, unreadable images are named or skipped."""
 
+import re
+import resource
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from conftest import QUICK, run
+from conftest import QUICK, REPO, run
 
 from extract.__main__ import main
-from extract.store import CacheLock, CacheWriter, open_cache
+from extract.store import IDENTITY_ATTRS, CacheLock, CacheWriter, open_cache
 
 
 def test_interrupted_extraction_resumes_to_the_same_features(tmp_path, sample_dir, lite_cache, capsys, monkeypatch):
@@ -115,3 +122,95 @@ def test_verify_notices_a_changed_dataset(tmp_path, sample_dir, capsys):
     (data / "test" / "dog" / "0000.jpg").write_bytes((data / "test" / "cat" / "0000.jpg").read_bytes())
     code, out, _ = run(main, ["--verify", out.strip()], capsys)
     assert code == 1 and "FAIL  dataset fingerprint matches" in out
+
+
+def _extract_process(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "extract", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _wait_for_rows(partial_dir: Path, process: subprocess.Popen, rows: int) -> None:
+    """Until the running extraction has written at least `rows` train rows (read through its progress attribute)."""
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        for partial in partial_dir.glob("*.h5.partial"):
+            try:
+                with h5py.File(partial, "r", locking=False) as file:
+                    if file["train"].attrs["rows_written"] >= rows:
+                        return
+            except (OSError, KeyError):
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"the extraction ended or stalled before writing {rows} rows")
+
+
+def test_killed_process_resumes_from_its_last_chunk_to_the_same_features(tmp_path, sample_dir):
+    args = ["efficientnet_lite0", str(sample_dir), "--cache-dir", str(tmp_path), "--image-size", "64",
+            "--workers", "0", "--batch-size", "8", "--limit-per-class", "20"]
+    # Ctrl-C: a clean stop that says how to go on
+    process = _extract_process(args)
+    _wait_for_rows(tmp_path, process, 16)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "run the same command again to resume" in err and "Traceback" not in err
+    # SIGKILL: no chance to clean up
+    process = _extract_process(args)
+    _wait_for_rows(tmp_path, process, 80)
+    process.kill()
+    process.communicate(timeout=60)
+    (partial,) = tmp_path.glob("*.h5.partial")
+    assert not list(tmp_path.glob("*.h5")), "a killed run must not leave a file that reads as complete"
+    refused = subprocess.run([sys.executable, "-m", "classify", "svm", str(partial)], cwd=REPO, capture_output=True,
+                             text=True)
+    assert refused.returncode == 2 and "unfinished extraction" in refused.stderr
+    finished = subprocess.run([sys.executable, "-m", "extract", *args], cwd=REPO, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    left = int(re.search(r"resuming .*: (\d+) images left", finished.stderr).group(1))
+    assert left <= 300 - 80
+    reference = subprocess.run([sys.executable, "-m", "extract", *args[:3], str(tmp_path / "reference"), *args[4:]],
+                               cwd=REPO, capture_output=True, text=True)
+    resumed, uninterrupted = open_cache(finished.stdout.strip()), open_cache(reference.stdout.strip())
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(resumed.load(split)[2], uninterrupted.load(split)[2])  # same order
+        np.testing.assert_allclose(resumed.load(split)[0], uninterrupted.load(split)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_full_disk_stops_before_writing_and_damages_nothing(tmp_path, lite_cache):
+    existing = tmp_path / lite_cache.name
+    shutil.copy(lite_cache, existing)
+    before = existing.read_bytes()
+
+    def small_disk():  # the process may write files of at most 200 kB: a nearly full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    result = subprocess.run([sys.executable, "-m", "extract", "efficientnet_lite0", "examples/cifar10-mini",
+                             "--cache-dir", str(tmp_path), "--image-size", "64", "--workers", "0"], cwd=REPO,
+                            capture_output=True, text=True, preexec_fn=small_disk)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: the features need 3.1 MB but only 0.2 MB can be written" in result.stderr
+    assert "--cache-dir on another disk" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [existing.name] and existing.read_bytes() == before
+
+
+def test_space_is_allocated_when_the_file_is_created(tmp_path):
+    from extract.store import SplitRows
+
+    rows = {"train": SplitRows([f"i{n}" for n in range(5000)], np.zeros(5000, dtype=np.int64))}
+    writer = CacheWriter(tmp_path / "x.h5", {k: "x" for k in IDENTITY_ATTRS}, rows, 256)
+    try:
+        assert writer.partial_path.stat().st_size >= 5000 * 256 * 4  # before any feature is written
+    finally:
+        writer.close()
+
+
+def test_decompression_bombs_are_refused_not_decoded(tmp_path, sample_dir, capsys, monkeypatch):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    Image.new("RGB", (600, 600)).save(data / "train" / "cat" / "0001.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # 600 x 600 is then over twice the limit
+    code, _, err = run(main, ["efficientnet_lite0", str(data), "--cache-dir", str(tmp_path / "cache"), *QUICK],
+                       capsys)
+    assert code == 2 and "cannot read 1 image(s): train/cat/0001.jpg" in err and "decompression bomb" in err

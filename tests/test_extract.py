@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -58,7 +59,6 @@ def test_rerun_reuses_the_cache_and_force_recomputes(lite_cache, sample_dir, cap
 
 def test_changed_dataset_gets_its_own_entry(tmp_path, sample_dir, capsys):
     data = tmp_path / "data"
-    import shutil
 
     shutil.copytree(sample_dir, data)
     args = ["efficientnet_lite0", str(data), "--cache-dir", str(tmp_path / "cache"), *QUICK, "--limit-per-class", "1"]
@@ -111,6 +111,23 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monke
 
     assert re.search(message, err), err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({"train": ["cat", "dog"], "test": ["cat", "cow"]}, "class folders differ between train/ and test/"),
+    ({"train": ["cat", "dog", "empty"], "test": ["cat", "dog", "empty"]}, "class folder(s) empty in"),
+    ({"train": ["cat"], "test": ["cat"]}, "holds 1 class folder(s); a classifier needs at least 2"),
+])
+def test_folder_layout_mistakes_are_named(layout, message, tmp_path, sample_dir, capsys):
+    for split, classes in layout.items():
+        for name in classes:
+            (tmp_path / "photos" / split / name).mkdir(parents=True)
+            if name != "empty":
+                shutil.copy(sample_dir / "train" / "cat" / "0000.jpg", tmp_path / "photos" / split / name / "a.jpg")
+    code, _, err = run(main, ["efficientnet_lite0", str(tmp_path / "photos"), "--cache-dir", str(tmp_path / "c")],
+                       capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "c").exists()
 
 
 def test_split_folder_missing(tmp_path, capsys):

@@ -94,3 +94,16 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monke
     monkeypatch.chdir(REPO)
     code, _, err = run(main, [*argv, "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_an_unreadable_image_stops_fine_tuning_with_its_name(sample_dir, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    (data / "train" / "cat" / "0000.jpg").write_bytes(b"not a jpeg")
+    code, _, err = run(main, ["finetune", "efficientnet_lite0", str(data), "--mode", "head", "--epochs", "1",
+                              "--image-size", "64", "--limit-per-class", "4", "--workers", "1", "--out",
+                              str(tmp_path / "run")], capsys)
+    last = err.strip().splitlines()[-1]  # one line at the end, even from a loader worker process
+    assert code == 2 and "error: cannot read 1 image(s): train/cat/0000.jpg" in last and "Traceback" not in err

@@ -1,0 +1,168 @@
+"""The four-quadrant advisor: measure a dataset's size and its similarity to ImageNet, recommend a strategy.
+
+Size is counted. Similarity is measured on a probe sample (the first `probe_per_class` train images of each
+class), from features that go through the feature cache:
+
+- ImageNet confidence: the mean top-1 softmax probability the pretrained classifier gives the images over its
+  1,000 ImageNet classes. Photos of ImageNet-like things get confident answers; digits and textures do not.
+- Top-layer margin: cross-validated linear-probe accuracy of the penultimate layer minus that of the best earlier
+  stage. Where ImageNet features fit the data, accuracy climbs to the top layer; far from ImageNet it peaks earlier.
+
+A dataset is `similar` when both signals pass their thresholds. The thresholds come from the calibration in
+docs/advisor.md (bench/advisor_calibration.py reproduces it).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+from classify.heads import build_head
+from extract.backbones import DEFAULT_BACKBONE
+from extract.datasets import resolve_dataset
+from extract.errors import UsageError
+from extract.features import ExtractionSettings
+from extract.run import DEFAULT_CACHE_DIR, ExtractRequest, extract_to_cache
+from extract.store import open_cache
+
+# Thresholds, calibrated in docs/advisor.md.
+LARGE_PER_CLASS = 1000  # train images in the smallest class from which fine-tuning is recommended
+MIN_CONFIDENCE = 0.20  # mean top-1 ImageNet probability from which a dataset counts as similar
+MIN_TOP_LAYER_MARGIN = 0.0  # penultimate probe accuracy minus the best earlier stage's, from which: similar
+PROBE_PER_CLASS = 50
+PROBE_C = 0.1  # logistic regression on standardised features, the middle of classify's logreg grid
+
+STRATEGIES = {
+    ("small", "similar"): ("frozen", "frozen top-layer (penultimate) features and a linear or SVM head"),
+    ("small", "dissimilar"): ("frozen-layers", "frozen features of every stage, the layer chosen by cross-"
+                                               "validation (an earlier one, as a rule), and a linear head"),
+    ("large", "similar"): ("partial", "fine-tune the top blocks and a new head from ImageNet weights"),
+    ("large", "dissimilar"): ("full", "fine-tune the whole network, starting from ImageNet weights"),
+}
+
+
+@dataclass
+class Advice:
+    dataset: str
+    backbone: str
+    size: str
+    similarity: str
+    quadrant: str
+    strategy: str
+    recommendation: str
+    command: str
+    signals: dict
+    thresholds: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_size(dataset: str, data_root: str = "data", limit_per_class: int | None = None) -> dict:
+    """Train images in all, per class, and in the smallest class (which decides)."""
+    resolved = resolve_dataset(dataset, data_root, limit_per_class)
+    counts = np.bincount(resolved.splits["train"].labels, minlength=len(resolved.class_names))
+    return {"train_images": int(counts.sum()), "classes": len(counts), "smallest_class": int(counts.min()),
+            "class_names": resolved.class_names}
+
+
+def probe_layers(features: np.ndarray, labels: np.ndarray, layout: dict, cv: int) -> dict[str, float]:
+    """Cross-validated accuracy of the same linear probe on each cached layer (logits left out)."""
+    folds = StratifiedKFold(cv, shuffle=True, random_state=0)
+    return {name: float(cross_val_score(build_head("logreg", layout, name).set_params(clf__C=PROBE_C),
+                                        features, labels, cv=folds).mean())
+            for name in layout if name != "logits"}
+
+
+def imagenet_confidence(logits: np.ndarray) -> tuple[float, float]:
+    """Mean top-1 softmax probability, and mean entropy as a fraction of the maximum (log of the class count)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(shifted)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    entropy = -(probabilities * np.log(np.clip(probabilities, 1e-12, None))).sum(axis=1) / np.log(logits.shape[1])
+    return float(probabilities.max(axis=1).mean()), float(entropy.mean())
+
+
+def measure_similarity(dataset: str, backbone: str = DEFAULT_BACKBONE, probe_per_class: int = PROBE_PER_CLASS,
+                       image_size: int | None = None, cache_dir: str = DEFAULT_CACHE_DIR, data_root: str = "data",
+                       settings: ExtractionSettings | None = None, log: Callable[[str], None] = print) -> dict:
+    """Both similarity signals, from every stage, the penultimate layer and the logits of the probe sample."""
+    extracted = extract_to_cache(ExtractRequest(
+        backbone=backbone, dataset=dataset, layers="all,logits", image_size=image_size,
+        limit_per_class=probe_per_class, data_root=data_root, cache_dir=cache_dir,
+        settings=settings or ExtractionSettings()), log=log)
+    cache = open_cache(extracted.path)
+    features, labels, _ = cache.load("train")
+    smallest = int(np.bincount(labels).min())
+    if smallest < 2:
+        raise UsageError("the advisor needs at least 2 train images in every class to cross-validate its probe")
+    start, stop = cache.layout["logits"]
+    confidence, entropy = imagenet_confidence(features[:, start:stop])
+    accuracy = probe_layers(features, labels, cache.layout, cv=min(3, smallest))
+    earlier = {name: score for name, score in accuracy.items() if name != "penultimate"}
+    best_earlier = max(earlier, key=earlier.get)
+    return {"probe_images": len(labels), "imagenet_confidence": confidence, "imagenet_entropy": entropy,
+            "probe_accuracy": accuracy, "peak_layer": max(accuracy, key=accuracy.get),
+            "best_earlier_layer": best_earlier,
+            "top_layer_margin": accuracy["penultimate"] - earlier[best_earlier], "cache_file": str(extracted.path)}
+
+
+def recommend_command(strategy: str, backbone: str, dataset: str, image_size: int | None,
+                      limit_per_class: int | None) -> str:
+    """The command that runs the strategy: the comparison pipeline with that one strategy (what --run does)."""
+    options = (f" --image-size {image_size}" if image_size else "") + (
+        f" --limit-per-class {limit_per_class}" if limit_per_class else "")
+    return (f"python -m pipelines compare {shlex.quote(backbone)} {shlex.quote(dataset)} --strategies {strategy}"
+            f"{options}")
+
+
+def advise(dataset: str, backbone: str = DEFAULT_BACKBONE, probe_per_class: int = PROBE_PER_CLASS,
+           image_size: int | None = None, cache_dir: str = DEFAULT_CACHE_DIR, data_root: str = "data",
+           limit_per_class: int | None = None, settings: ExtractionSettings | None = None,
+           log: Callable[[str], None] = print) -> Advice:
+    """Measure, decide the quadrant, and name the strategy with the command that runs it."""
+    if probe_per_class < 2:
+        raise UsageError(f"--probe-per-class must be 2 or more, not {probe_per_class}")
+    size_signals = measure_size(dataset, data_root, limit_per_class)
+    probe = min(probe_per_class, limit_per_class or probe_per_class)
+    similarity_signals = measure_similarity(dataset, backbone, probe, image_size, cache_dir, data_root, settings, log)
+    size = "large" if size_signals["smallest_class"] >= LARGE_PER_CLASS else "small"
+    similar = (similarity_signals["imagenet_confidence"] >= MIN_CONFIDENCE
+               and similarity_signals["top_layer_margin"] >= MIN_TOP_LAYER_MARGIN)
+    similarity = "similar" if similar else "dissimilar"
+    strategy, recommendation = STRATEGIES[size, similarity]
+    return Advice(
+        dataset=dataset, backbone=backbone, size=size, similarity=similarity, quadrant=f"{size}, {similarity}",
+        strategy=strategy, recommendation=recommendation,
+        command=recommend_command(strategy, backbone, dataset, image_size, limit_per_class),
+        signals={**{k: v for k, v in size_signals.items() if k != "class_names"}, **similarity_signals},
+        thresholds={"large_per_class": LARGE_PER_CLASS, "min_imagenet_confidence": MIN_CONFIDENCE,
+                    "min_top_layer_margin": MIN_TOP_LAYER_MARGIN})
+
+
+def _verdict(value: float, threshold: float) -> str:
+    return f"{'passes' if value >= threshold else 'below'} {threshold:+.2f}"
+
+
+def format_advice(advice: Advice) -> str:
+    s, t = advice.signals, advice.thresholds
+    probe = ", ".join(f"{name} {score:.3f}" for name, score in s["probe_accuracy"].items())
+    return "\n".join([
+        f"{advice.dataset} with {advice.backbone}",
+        f"  size: {s['train_images']} train images, {s['classes']} classes, smallest class {s['smallest_class']} "
+        f"-> {advice.size} (large from {t['large_per_class']} per class)",
+        f"  ImageNet confidence (mean top-1 probability over 1000 classes, {s['probe_images']} probe images): "
+        f"{s['imagenet_confidence']:.3f} ({_verdict(s['imagenet_confidence'], t['min_imagenet_confidence'])}); "
+        f"normalised entropy {s['imagenet_entropy']:.3f}",
+        f"  linear-probe CV accuracy by layer: {probe}",
+        f"  top-layer margin (penultimate - best earlier, {s['best_earlier_layer']}): {s['top_layer_margin']:+.3f} "
+        f"({_verdict(s['top_layer_margin'], t['min_top_layer_margin'])})",
+        f"similarity: {advice.similarity} (similar when both pass)",
+        f"quadrant: {advice.quadrant}",
+        f"recommended: {advice.recommendation}",
+        f"  {advice.command}",
+    ])
