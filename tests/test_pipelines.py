@@ -70,14 +70,18 @@ def test_resume_continues_from_the_saved_epoch(sample_dir, tiny_dataset, tmp_pat
 
 def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
     out = tmp_path / "report"
-    code, stdout, _ = run(main, ["compare", "efficientnet_lite0", str(sample_dir), "--strategies", "frozen,head",
+    code, stdout, _ = run(main, ["compare", "efficientnet_lite0", str(sample_dir), "--strategies",
+                                 "frozen,frozen-layers,head",
                                  "--image-size", "48", "--limit-per-class", "4", "--epochs", "1", "--workers", "0",
                                  "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json"], capsys)
     assert code == 0
     rows = json.loads(stdout)
-    assert [r["strategy"] for r in rows] == ["frozen", "head"] and all(0 <= r["test_accuracy"] <= 1 for r in rows)
+    assert [r["strategy"] for r in rows] == ["frozen", "frozen-layers", "head"]
+    assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
+    assert rows[0]["detail"].split()[:3] in (["logreg", "on", "penultimate"], ["svm", "on", "penultimate"])
+    assert rows[1]["detail"].startswith("logreg on ")  # the layer it chose by CV follows
     report = (out / "report.md").read_text()
-    assert "| frozen |" in report and "| head |" in report
+    assert "| frozen |" in report and "| frozen-layers |" in report and "| head |" in report
     for png in ("val_curves.png", "test_accuracy.png", "samples.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"({png})" in report
 
