@@ -80,6 +80,17 @@ def main() -> None:
     print_table(records)
 
 
+def _verdict(recommended: str, accuracy: dict[str, float]) -> str:
+    if recommended not in accuracy:
+        return "not run"
+    best = max(accuracy.values())
+    if accuracy[recommended] < best:
+        winner = max(accuracy, key=accuracy.get)
+        return f"no: {winner} by {best - accuracy[recommended]:.3f}"
+    tied = [s for s, a in accuracy.items() if a == best and s != recommended]
+    return f"yes (tied with {', '.join(tied)})" if tied else "yes"
+
+
 def print_table(records: dict) -> None:
     print("\n| dataset | kind | train/class | ImageNet confidence | probe accuracy by layer | top-layer margin | "
           "quadrant | recommended | test accuracy of each strategy | recommended wins? |")
@@ -87,11 +98,7 @@ def print_table(records: dict) -> None:
     for name, record in records.items():
         advice, signals = record["advice"], record["advice"]["signals"]
         outcomes = record["outcomes"]
-        best = max(outcomes, key=lambda s: outcomes[s]["test_accuracy"])
-        recommended = outcomes.get(advice["strategy"], {}).get("test_accuracy")
-        wins = ("yes" if best == advice["strategy"] else
-                f"no: {best} by {outcomes[best]['test_accuracy'] - recommended:.3f}" if recommended is not None
-                else "not run")
+        wins = _verdict(advice["strategy"], {s: o["test_accuracy"] for s, o in outcomes.items()})
         probe = ", ".join(f"{k.replace('stage', 's').replace('penultimate', 'pen')} {v:.2f}"
                           for k, v in signals["probe_accuracy"].items())
         accuracies = ", ".join(f"{s} {o['test_accuracy']:.3f}" for s, o in outcomes.items())

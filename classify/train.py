@@ -62,9 +62,8 @@ def check_cv(cv: int, labels: np.ndarray) -> None:
 
 def default_layer(layout: dict) -> str:
     """penultimate when the cache holds it (what transfer learning usually reads), else its deepest layer."""
-    if "penultimate" in layout:
-        return "penultimate"
-    return [name for name in layout if name != "logits"][-1] if set(layout) != {"logits"} else "logits"
+    candidates = [name for name in layout if name != "logits"] or list(layout)
+    return "penultimate" if "penultimate" in layout else candidates[-1]
 
 
 def layer_grid(layer: str | None, layout: dict) -> tuple[str, list[str]]:

@@ -1,7 +1,8 @@
-"""Running a frozen backbone over images and pooling one layer into one vector per image.
+"""Running a frozen backbone over images and pooling one or more layers into one vector per image.
 
-Layer choice goes through one mechanism for every architecture: a forward pre-hook on a named module
-captures that module's input and stops the forward pass there (nothing after the layer is computed).
+Layer choice goes through one mechanism for every architecture: hooks on the named modules of `feature_layers`
+capture their outputs (or, for the penultimate layer, the global pool's input), and the deepest one stops the
+forward pass there (nothing after it is computed).
 """
 
 from __future__ import annotations
@@ -100,10 +101,9 @@ class FeatureModel(nn.Module):
     def _pooled(self, name: str) -> torch.Tensor:
         features = self._captured[name]
         if self.points[name].spatial:
-            if self.pool == "avgmax":
-                features = torch.cat([features.mean((2, 3)), features.amax((2, 3))], 1)
-            else:
-                features = features.mean((2, 3)) if self.pool == "avg" else features.amax((2, 3))
+            parts = [features.mean((2, 3))] if self.pool in ("avg", "avgmax") else []
+            parts += [features.amax((2, 3))] if self.pool in ("max", "avgmax") else []
+            features = torch.cat(parts, 1)
         return features.flatten(1).float()
 
     def _run(self, images: torch.Tensor) -> None:
