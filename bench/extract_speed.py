@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from extract.backbones import create_backbone  # noqa: E402
-from extract.features import FeatureModel  # noqa: E402
+from extract.features import COMPILE_MIN_IMAGES, FeatureModel  # noqa: E402
 from extract.store import open_cache  # noqa: E402
 
 
@@ -71,11 +71,12 @@ def as_image_folder(images: list[tuple[Path, int]], root: Path) -> Path:
     return root
 
 
-def run_extract(folder: Path, cache: Path, backbone: str, weights: str, size: int,
-                precision: str | None) -> tuple[float, int, Path]:
+def run_extract(folder: Path, cache: Path, backbone: str, weights: str, size: int, precision: str | None,
+                compile_mode: str | None) -> tuple[float, int, Path]:
     """(b) A whole `python -m extract` process; wall seconds, peak RSS (KiB, process and workers), cache file."""
     command = [sys.executable, "-m", "extract", backbone, str(folder), "--cache-dir", str(cache),
                "--image-size", str(size), "--weights", weights] + (["--precision", precision] if precision else [])
+    command += ["--compile", compile_mode] if compile_mode else []
     wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
                "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
                "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
@@ -125,6 +126,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "cifar10"))
     parser.add_argument("--precision", default=None, help="passed to python -m extract (default: its default)")
+    parser.add_argument("--compile", default=None, choices=("auto", "on", "off"),
+                        help="passed to python -m extract (default: its default, auto); the N/4 memory run follows "
+                             "the same path as the N run")
     parser.add_argument("--skip-baseline", action="store_true", help="only (b); no speed ratio or feature check")
     args = parser.parse_args()
 
@@ -142,17 +146,21 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="extract-speed-"))
     try:
         small = images[: max(10, len(images) // 4)]
-        small_seconds, small_rss, _ = run_extract(as_image_folder(small, work / "small"), work / "cache-small",
-                                                  args.backbone, args.weights, args.image_size, args.precision)
         seconds, rss, cache_file = run_extract(as_image_folder(images, work / "all"), work / "cache",
-                                               args.backbone, args.weights, args.image_size, args.precision)
+                                               args.backbone, args.weights, args.image_size, args.precision,
+                                               args.compile)
+        compiled = args.compile == "on" or (args.compile != "off" and len(images) + 10 >= COMPILE_MIN_IMAGES
+                                            and args.precision in (None, "fp32"))
+        small_seconds, small_rss, _ = run_extract(as_image_folder(small, work / "small"), work / "cache-small",
+                                                  args.backbone, args.weights, args.image_size, args.precision,
+                                                  "on" if compiled else "off")
         cache = open_cache(cache_file)
         ours, _, ids = cache.load("train")
         assert [f"train/{path.parent.name}/{path.name}" for path, _ in images] == list(ids)  # same order as (a)
         precision = cache.attrs["precision"]
         rate = (len(images) + len(cache.load("test")[2])) / seconds
         limit = bf16 if precision in ("bf16", "fp16") else fp32
-        rows = [("(b) python -m extract", f"{precision}", rate, seconds,
+        rows = [("(b) python -m extract", f"{precision}{', compiled' if compiled else ''}", rate, seconds,
                  f"{rate * flops / limit * 100:.1f}% of {precision} GEMM peak")]
         if not args.skip_baseline:
             theirs, loop_seconds = usual_loop(backbone, images, args.image_size)

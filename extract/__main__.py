@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from extract.errors import run_cli
-from extract.features import DEFAULT_LAYER, POOLS, PRECISIONS, ExtractionSettings
+from extract.features import COMPILE_MIN_IMAGES, COMPILE_MODES, DEFAULT_LAYER, POOLS, PRECISIONS, ExtractionSettings
 from extract.run import DEFAULT_CACHE_DIR, ExtractRequest, extract_to_cache
 
 EPILOG = """examples:
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="compute precision of the backbone (default fp32); auto picks bf16 where the CPU or GPU "
                              "computes it natively (2.5x faster here), else fp32; part of the cache key")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="auto",
+                        help=f"torch.compile the backbone: auto (default) does it in fp32 from {COMPILE_MIN_IMAGES} "
+                             "images, where its start-up time (~20 s) pays back; same features either way")
     parser.add_argument("--workers", type=int, default=None,
                         help="image-decoding processes (default: cores - 1, at least 1)")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where feature files go (default: cache/)")
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size=args.image_size, limit_per_class=args.limit_per_class, data_root=args.data_root,
         cache_dir=args.cache_dir, force=args.force, skip_bad=args.skip_bad,
         settings=ExtractionSettings(batch_size=args.batch_size, device=args.device, precision=args.precision,
-                                    workers=args.workers))
+                                    workers=args.workers, compile=args.compile))
     result = extract_to_cache(request, log=lambda message: print(message, file=sys.stderr))
     print(result.path)
     return 0

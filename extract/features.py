@@ -19,11 +19,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from extract.backbones import PROBE_SIZE, Backbone, LayerPoint, Preprocess, feature_layers
+from extract.backbones import PROBE_SIZE, Backbone, LayerPoint, Preprocess, block_names, feature_layers
 from extract.datasets import BadImageError, Split
 from extract.errors import UsageError
 
 POOLS = ("avg", "max", "avgmax")
+COMPILE_MODES = ("auto", "on", "off")
+# torch.compile takes ~20 s to start (2-core CPU, efficientnet_lite0) and then runs ~1.7x faster: it pays from
+# a couple of thousand images (bench/extract_speed.py)
+COMPILE_MIN_IMAGES = 2000
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_LAYER = "penultimate"
 
@@ -137,6 +141,26 @@ class FeatureModel(nn.Module):
         return layout
 
 
+def compile_blocks(model: nn.Module, stop_before: str) -> list[tuple[nn.Module, Callable]]:
+    """Replace the forward of each block before `stop_before` (the penultimate layer's module) by its compiled
+    version; return (module, original forward) pairs. Forward hooks run around `forward`, so the layer hooks stay
+    eager and keep working; blocks holding the penultimate module are left alone."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._inductor.config.freezing = True  # weights are constants: conv + batch-norm folding
+    originals = []
+    for name in block_names(model, parameterless=True):
+        if stop_before == name or stop_before.startswith(f"{name}."):
+            break
+        module = model.get_submodule(name)
+        originals.append((module, module.forward))
+        module.forward = torch.compile(module.forward, dynamic=False)
+    # blocks of one class share their code: allow a compiled graph for each of them
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(originals))
+    return originals
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -204,6 +228,7 @@ class ExtractionSettings:
     device: str = "auto"
     precision: str = "fp32"
     workers: int | None = None
+    compile: str = "auto"
 
 
 def default_workers() -> int:
@@ -219,12 +244,35 @@ class Extractor:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {settings.precision!r}")
         if settings.batch_size < 1:
             raise UsageError(f"--batch-size must be 1 or more, not {settings.batch_size}")
+        if settings.compile not in COMPILE_MODES:
+            raise UsageError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {settings.compile!r}")
         self.backbone = backbone
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.precision = resolve_precision(settings.precision, self.device)
         self.model = FeatureModel(backbone.model, pool, layers).to(self.device).to(memory_format=torch.channels_last)
         self.model.eval()
+        self.compiled = False
+
+    def compile_for(self, images: int) -> str | None:
+        """torch.compile the backbone's blocks when it pays (`--compile on`, or `auto` from COMPILE_MIN_IMAGES
+        images in fp32) and say so; None when it stays eager. The features are the same to float rounding."""
+        mode = self.settings.compile
+        if self.compiled or mode == "off" or (mode == "auto" and (images < COMPILE_MIN_IMAGES or
+                                                                  self.precision != "fp32")):
+            return None
+        originals = compile_blocks(self.backbone.model, self.model.points["penultimate"].module
+                                   if "penultimate" in self.model.points else "")
+        size = self.backbone.preprocess.crop_size
+        try:  # compilation happens on the first call: do it now, so a failure falls back to eager here
+            self.compiled = True
+            self.features(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+        except Exception as error:  # noqa: BLE001 - no C++ compiler, an unsupported op...: run eagerly instead
+            self.compiled = False
+            for module, forward in originals:
+                module.forward = forward
+            return f"torch.compile failed ({type(error).__name__}), running eagerly"
+        return "compiled the backbone's blocks with torch.compile (--compile off skips this)"
 
     @property
     def layout(self) -> list[tuple[str, int, int]]:
@@ -237,8 +285,11 @@ class Extractor:
     @torch.inference_mode()
     def features(self, batch: torch.Tensor) -> np.ndarray:
         """uint8 NCHW images (already resized and cropped) to float32 features."""
+        count = len(batch)
+        if self.compiled and count < self.settings.batch_size:  # one batch shape: compiled once, not per size
+            batch = torch.cat([batch, batch.new_zeros(self.settings.batch_size - count, *batch.shape[1:])])
         with self._autocast():
-            return self.model(normalize(batch, self.backbone.preprocess, self.device)).cpu().numpy()
+            return self.model(normalize(batch, self.backbone.preprocess, self.device))[:count].cpu().numpy()
 
     def feature_dim(self) -> int:
         return self.model.feature_dim

@@ -112,7 +112,10 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
         log(f"extracting {attrs['backbone']} {attrs['layer']}-{attrs['pool']} features of {dataset.name} "
             f"({', '.join(f'{n} {len(s)}' for n, s in dataset.splits.items())}) on {device}, "
             f"{attrs['image_size']} px, {attrs['precision']}")
-        started, done = time.perf_counter(), 0
+        started, done = time.perf_counter(), 0  # the time includes compiling, if any
+        compiled = extractor.compile_for(sum(todo.values()))
+        if compiled:
+            log(compiled)
         with tqdm(total=sum(todo.values()), unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
             for name, split in dataset.splits.items():
                 bar.set_description(name)

@@ -156,3 +156,17 @@ def test_bf16_is_its_own_cache_entry_and_close_to_fp32(lite_cache, sample_dir, c
     a, b = fast.load("test")[0], exact.load("test")[0]
     cosine = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cosine.min() > 0.97 and not np.array_equal(a, b)
+
+
+def test_compiled_backbone_gives_the_same_features_and_only_when_it_pays(sample_dir):
+    ids = [f"test/{name}/0000.jpg" for name in ("cat", "dog", "ship")]
+    images = [load_image(sample_dir / i, i) for i in ids]
+    settings = {"batch_size": 4, "workers": 0}
+    eager = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg",
+                      ExtractionSettings(**settings, compile="off"), "stage3,penultimate")
+    assert eager.compile_for(10**6) is None and not eager.compiled
+    auto = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg", ExtractionSettings(**settings),
+                     "stage3,penultimate")
+    assert auto.compile_for(100) is None  # too few images for the start-up time to pay back
+    assert "torch.compile" in auto.compile_for(10**6) and auto.compiled
+    np.testing.assert_allclose(auto.images(images), eager.images(images), rtol=1e-4, atol=1e-4)
