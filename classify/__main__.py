@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from classify.cluster import BACKENDS
 from classify.evaluate import format_confusion
 from classify.heads import DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS, PCA_COMPONENTS
 from extract.errors import run_cli
@@ -20,6 +21,7 @@ EPILOG = """examples:
   python -m classify linearsvm --json             one JSON object on stdout, for scripts
   python -m classify logreg --layer best          choose the layer by CV (cache from extract --layers all)
   python -m classify predict cache/FILE.svm.joblib photo1.jpg photo2.png
+  python -m classify svm --backend dask --scheduler tcp://HOST:8786   the sweep's fits on a Dask cluster
 
 default grids: """ + "; ".join(f"{h}: {g}" for h, g in DEFAULT_GRIDS.items()) + f"""
 svm fits the exact RBF SVC up to {EXACT_SVM_MAX_TRAIN} training samples; above, an RBF SVC on a {PCA_COMPONENTS}-d
@@ -45,7 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "joined by '+' (each scaled to equal variance), or 'best' to choose by cross-validation "
                               "on the train split among every cached layer (extract them with --layers all)")
         sub.add_argument("--cv", type=int, default=3, help="cross-validation folds on the train split (default 3)")
-        sub.add_argument("--n-jobs", type=int, default=-1, help="parallel fits (default -1: all cores)")
+        sub.add_argument("--n-jobs", type=int, default=-1,
+                         help="parallel fits (default -1: all cores, or all threads of the Dask cluster)")
+        sub.add_argument("--backend", default="local", choices=BACKENDS,
+                         help="where the GridSearchCV fits run: local (default) or dask (needs --scheduler)")
+        sub.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786; its workers need "
+                              "this toolkit installed")
         sub.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
         sub.add_argument("--json", action="store_true", help="print the result as one JSON object")
         if head == "svm":
@@ -75,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         cache_file = latest_cache(args.cache_dir)
         print(f"using the most recent cache: {cache_file}", file=sys.stderr)
     result = train_head(cache_file, args.command, args.grid, args.cv, args.n_jobs, exact=getattr(args, "exact", False),
-                        approx=getattr(args, "approx", False), layer=args.layer,
+                        approx=getattr(args, "approx", False), layer=args.layer, backend=args.backend,
+                        scheduler=args.scheduler,
                         log=lambda message: print(message, file=sys.stderr))
     if args.json:
         skip = ("report", "confusion", "class_names")

@@ -12,6 +12,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 
 from classify import heads
+from classify.cluster import sweep_backend
 from classify.evaluate import evaluate, plot_confusion
 from classify.heads import build_head, parse_grid, svm_is_approximate
 from classify.models import save_model
@@ -78,9 +79,11 @@ def layer_grid(layer: str | None, layout: dict) -> tuple[str, list[str]]:
 
 
 def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, cv: int = 3, n_jobs: int = -1,
-               exact: bool = False, approx: bool = False, layer: str | None = None,
-               log: Callable[[str], None] = print) -> TrainResult:
-    """GridSearchCV on the train split (over `layer` too when it is 'best'), then one score on the test split."""
+               exact: bool = False, approx: bool = False, layer: str | None = None, backend: str = "local",
+               scheduler: str | None = None, log: Callable[[str], None] = print) -> TrainResult:
+    """GridSearchCV on the train split (over `layer` too when it is 'best'), then one score on the test split.
+
+    With backend 'dask' the search's fits run on the cluster at `scheduler`; refits run here."""
     cache = open_cache(cache_path)
     grid = parse_grid(grid_text, head)
     start_layer, search_layers = layer_grid(layer, cache.layout)
@@ -109,7 +112,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     search = GridSearchCV(estimator, grid, cv=StratifiedKFold(cv, shuffle=True, random_state=0),
                           n_jobs=n_jobs, refit=not subsampled, error_score="raise")
     started = time.perf_counter()
-    search.fit(search_x, search_y)
+    with sweep_backend(backend, scheduler, log):
+        search.fit(search_x, search_y)
     model = search.best_estimator_ if not subsampled else clone(estimator).set_params(
         **search.best_params_).fit(x_train, y_train)
     seconds = time.perf_counter() - started  # the whole training: search, and the refit on all samples

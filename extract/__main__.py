@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from extract.distributed import shutdown, world
 from extract.errors import run_cli
 from extract.features import COMPILE_MIN_IMAGES, COMPILE_MODES, DEFAULT_LAYER, POOLS, PRECISIONS, ExtractionSettings
 from extract.run import DEFAULT_CACHE_DIR, ExtractRequest, extract_to_cache
@@ -16,6 +17,7 @@ EPILOG = """examples:
   python -m extract vgg16 path/to/photos --pool max           max-pooled last conv features
   python -m extract resnet18 digits --layers stage3,stage4,penultimate   three layers, one pass, one file
   python -m extract --list                                    every backbone with its size and ImageNet top-1
+  torchrun --nproc-per-node 4 -m extract resnet50 DATASET     4 processes (GPUs), each a contiguous share, one file
 
 The features land in --cache-dir as one HDF5 file per (dataset, backbone, weights, layer, pooling, input
 size); running the same command again reuses it without touching the network. Then: python -m classify svm
@@ -99,8 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.cache_dir, force=args.force, skip_bad=args.skip_bad,
         settings=ExtractionSettings(batch_size=args.batch_size, device=args.device, precision=args.precision,
                                     workers=args.workers, compile=args.compile))
-    result = extract_to_cache(request, log=lambda message: print(message, file=sys.stderr))
-    print(result.path)
+    try:
+        result = extract_to_cache(request, log=lambda message: print(message, file=sys.stderr))
+        if world().is_main:
+            print(result.path)
+    finally:
+        shutdown()
     return 0
 
 

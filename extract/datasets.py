@@ -73,6 +73,19 @@ class Split:
     def image(self, index: int) -> Image.Image:
         return self.source.image(index)
 
+    def rows(self, start: int, stop: int) -> Split:
+        """Rows [start, stop) as a split of their own (one rank's share under torchrun)."""
+        return Split(self.name, self.ids[start:stop], self.labels[start:stop], _Offset(self.source, start))
+
+
+@dataclass
+class _Offset:
+    source: object
+    start: int
+
+    def image(self, index: int) -> Image.Image:
+        return self.source.image(self.start + index)
+
 
 @dataclass
 class Dataset:

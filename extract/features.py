@@ -8,6 +8,7 @@ forward pass there (nothing after it is computed).
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -214,6 +215,12 @@ class _SplitImages(TorchDataset):
             return None, (error.sample_id, str(error))
 
 
+def _ignore_interrupts(_worker: int) -> None:
+    """Ctrl-C reaches the decoding workers too; the main process decides when to stop (after a batch is written)
+    and shuts them down itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _collate(items: list) -> tuple[torch.Tensor | None, list[int], list[tuple[str, str]]]:
     good = [i for i, (image, _) in enumerate(items) if image is not None]
     images = torch.stack([items[i][0] for i in good]) if good else None
@@ -304,7 +311,7 @@ class Extractor:
         workers = default_workers() if self.settings.workers is None else self.settings.workers
         loader = DataLoader(_SplitImages(split, self.backbone.preprocess, start), batch_size=self.settings.batch_size,
                             num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
-                            prefetch_factor=4 if workers else None)
+                            prefetch_factor=4 if workers else None, worker_init_fn=_ignore_interrupts)
         row = start
         for images, good, errors in loader:
             out = np.full((len(good) + len(errors), dim), np.nan, dtype=np.float32)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +18,10 @@ from tqdm import tqdm
 
 from extract.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from extract.datasets import Dataset, resolve_dataset
+from extract.distributed import World, shard, world
 from extract.errors import UsageError
 from extract.features import DEFAULT_LAYER, ExtractionSettings, Extractor
-from extract.store import SUFFIX, CacheLock, CacheWriter, SplitRows, entry_name
+from extract.store import SUFFIX, CacheLock, CacheWriter, SplitRows, entry_name, merge_parts
 
 DEFAULT_CACHE_DIR = "cache"
 
@@ -84,7 +90,11 @@ def _stale_siblings(path: Path) -> list[Path]:
 
 
 def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print) -> ExtractResult:
-    """Return the cache entry for `request`, computing it only if no complete matching entry exists."""
+    """Return the cache entry for `request`, computing it only if no complete matching entry exists.
+
+    Under torchrun each rank computes its contiguous share into its own part file, then rank 0 merges the
+    parts into the one entry a single process would have written."""
+    ranks = world(request.settings.device)
     dataset = resolve_dataset(request.dataset, request.data_root, request.limit_per_class)
     backbone = create_backbone(request.backbone, request.weights, request.image_size)
     extractor = Extractor(backbone, request.pool, request.settings, request.layers)
@@ -93,15 +103,66 @@ def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print
     if path.exists() and not request.force:
         log(f"reusing {path} (same dataset, weights, layer, pooling and transform; --force recomputes)")
         return ExtractResult(path, reused=True)
-    for sibling in _stale_siblings(path):
+    for sibling in _stale_siblings(path) if ranks.is_main else ():
         log(f"not reusing {sibling.name}: the dataset files, weights or library versions differ; "
             "computing a new entry")
+    if ranks.distributed:
+        return _compute_sharded(dataset, extractor, attrs, path, request.skip_bad, ranks, log)
     with CacheLock(path):
         return _compute(dataset, extractor, attrs, path, request.skip_bad, log)
 
 
+def _compute_sharded(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, skip_bad: bool,
+                     ranks: World, log: Callable[[str], None]) -> ExtractResult:
+    """This rank's rows of every split into `<entry>.parts/rankR-of-N.h5` (resumable like any entry), then
+    rank 0 joins the parts in rank order. Shares are cut at batch boundaries: same batches, same numbers."""
+    started = time.perf_counter()
+    parts = [path.with_suffix(".parts") / f"rank{r}-of-{ranks.size}{SUFFIX}" for r in range(ranks.size)]
+    own = parts[ranks.rank]
+    batch = extractor.settings.batch_size
+    share = dataclasses.replace(dataset, splits={
+        name: split.rows(*shard(len(split), batch, ranks.rank, ranks.size)) for name, split in dataset.splits.items()})
+
+    def rank_log(message: str) -> None:
+        log(f"[rank {ranks.rank}/{ranks.size}] {message}")
+
+    if own.exists():
+        rank_log(f"reusing {own} (this rank's share is complete)")
+    else:
+        with CacheLock(own):
+            _compute(share, extractor, attrs, own, skip_bad, rank_log, progress=ranks.is_main)
+    ranks.barrier()
+    images = sum(len(split) for split in dataset.splits.values())
+    if ranks.is_main:
+        with CacheLock(path):
+            seconds = time.perf_counter() - started
+            merge_parts(path, attrs, {n: SplitRows(s.ids, s.labels) for n, s in dataset.splits.items()},
+                        extractor.feature_dim(), parts, extract_seconds=seconds,
+                        images_per_second=images / max(seconds, 1e-9), ranks=ranks.size)
+        shutil.rmtree(own.parent)
+        log(f"wrote {path} ({images} images on {ranks.size} ranks in {seconds:.1f} s, "
+            f"{images / max(seconds, 1e-9):.1f} images/s)")
+    ranks.barrier()
+    return ExtractResult(path, reused=False, images=images, seconds=time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def interrupt_between_batches() -> Iterator[list[int]]:
+    """Ctrl-C (SIGINT) is noted, not raised where it lands (inside an HDF5 call, it could be lost or tear the
+    file); the loop stops after the batch it is writing. The yielded list is non-empty once Ctrl-C was pressed."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, skip_bad: bool,
-             log: Callable[[str], None]) -> ExtractResult:
+             log: Callable[[str], None], progress: bool = True) -> ExtractResult:
     splits = {name: SplitRows(split.ids, split.labels) for name, split in dataset.splits.items()}
     writer = CacheWriter(path, attrs, splits, extractor.feature_dim())
     try:
@@ -116,7 +177,8 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
         compiled = extractor.compile_for(sum(todo.values()))
         if compiled:
             log(compiled)
-        with tqdm(total=sum(todo.values()), unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
+        with tqdm(total=sum(todo.values()), unit="img", file=sys.stderr, dynamic_ncols=True,
+                  disable=not progress) as bar, interrupt_between_batches() as interrupted:
             for name, split in dataset.splits.items():
                 bar.set_description(name)
                 for row, features, errors in extractor.split(split, writer.rows_written(name)):
@@ -129,6 +191,8 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
                         log(f"skipped unreadable: {'; '.join(reason for _, reason in errors)}")
                     bar.update(len(features))
                     done += len(features)
+                    if interrupted:
+                        raise KeyboardInterrupt
         seconds = time.perf_counter() - started
         final = writer.finish(extract_seconds=seconds, images_per_second=done / max(seconds, 1e-9))
     finally:

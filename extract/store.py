@@ -15,6 +15,7 @@ Layout of one cache entry (one file per dataset x backbone x weights x layer x p
 
 A file is written as `<entry>.h5.partial` and renamed to `<entry>.h5` only when every split is written,
 so a `.h5` is complete by construction (and says so in `complete`). A `.partial` is resumed by the same command.
+Under torchrun each rank writes its rows as such a file in `<entry>.parts/` and rank 0 merges them (`merge_parts`).
 """
 
 from __future__ import annotations
@@ -151,10 +152,14 @@ class CacheWriter:
     def write(self, split: str, start: int, features: np.ndarray, skipped: list[str] = ()) -> None:
         group = self.file[split]
         group["features"][start:start + len(features)] = features
-        if skipped:
-            group.attrs["skipped"] = json.dumps(json.loads(group.attrs["skipped"]) + list(skipped))
+        self.add_skipped(split, skipped)
         group.attrs["rows_written"] = start + len(features)
         self.file.flush()
+
+    def add_skipped(self, split: str, skipped: list[str]) -> None:
+        if skipped:
+            group = self.file[split]
+            group.attrs["skipped"] = json.dumps(json.loads(group.attrs["skipped"]) + list(skipped))
 
     def finish(self, **extra_attrs) -> Path:
         for key, value in extra_attrs.items():
@@ -168,6 +173,28 @@ class CacheWriter:
     def close(self) -> None:
         if self.file.id.valid:
             self.file.close()
+
+
+def merge_parts(final_path: Path, attrs: dict, splits: dict[str, SplitRows], feature_dim: int, parts: list[Path],
+                **extra_attrs) -> Path:
+    """Join complete part files (each a run of consecutive rows of every split, in order) into one entry."""
+    writer = CacheWriter(final_path, attrs, splits, feature_dim)
+    try:
+        for name in splits:
+            row = 0
+            for part in parts:
+                with h5py.File(part, "r") as file:
+                    group = file[name]
+                    for start in range(0, len(group["features"]), 1 << 16):
+                        features = group["features"][start:start + (1 << 16)]
+                        writer.write(name, row, features)
+                        row += len(features)
+                    writer.add_skipped(name, json.loads(group.attrs["skipped"]))
+            if row != len(splits[name].ids):
+                raise RuntimeError(f"the parts hold {row} rows of {name}, the dataset {len(splits[name].ids)}")
+        return writer.finish(**extra_attrs)
+    finally:
+        writer.close()
 
 
 def _bytes_needed(splits: dict[str, SplitRows], feature_dim: int) -> int:

@@ -121,14 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "advise":
         return run_advise(args, slug, log)
     if args.command == "finetune":
+        from extract.distributed import shutdown, world
         from pipelines.finetune import finetune
 
         args.out = args.out or f"runs/{args.backbone}-{slug}-{args.mode}"
-        result = finetune(config_from(args), resume=args.resume, log=log)
-        summary = {k: v for k, v in result.to_dict().items() if k not in ("history", "test_predictions")}
-        print(json.dumps(summary) if args.json else
-              f"{result.strategy}: test accuracy {result.test_accuracy:.4f}, macro-F1 {result.macro_f1:.4f}, "
-              f"best epoch {result.best_epoch}/{result.epochs_run}; run folder {result.out}")
+        try:
+            result = finetune(config_from(args), resume=args.resume, log=log)
+            if world().is_main:
+                summary = {k: v for k, v in result.to_dict().items() if k not in ("history", "test_predictions")}
+                print(json.dumps(summary) if args.json else
+                      f"{result.strategy}: test accuracy {result.test_accuracy:.4f}, macro-F1 "
+                      f"{result.macro_f1:.4f}, best epoch {result.best_epoch}/{result.epochs_run}; run folder "
+                      f"{result.out}")
+        finally:
+            shutdown()
         return 0
 
     from pipelines.compare import compare, parse_strategies

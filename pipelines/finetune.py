@@ -2,6 +2,8 @@
 
 Backbones, weights, datasets and test-time preprocessing come from `extract` (one code path); this module
 adds only what training needs: augmentation, a validation split, optimisers and schedules, checkpoints.
+Under torchrun the model trains with DistributedDataParallel: --batch-size is split across the processes, each
+evaluates a contiguous share of the validation and test images, and rank 0 alone writes checkpoints and logs.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import numpy as np
 import torch
 import torchvision.transforms.v2 as T
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data import Dataset as TorchDataset
 from tqdm import tqdm
 
 from classify.evaluate import evaluate
 from extract.backbones import DEFAULT_BACKBONE, Preprocess, block_names, create_backbone, replace_classifier
 from extract.datasets import BadImageError, Dataset, Split, resolve_dataset
+from extract.distributed import World, world
 from extract.errors import UsageError
 from extract.features import default_workers, normalize, resize_and_crop, resolve_device
 
@@ -244,12 +248,17 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(train), np.sort(val)
 
 
-def _loader(dataset: TorchDataset, config: FinetuneConfig, shuffle: bool, device: torch.device) -> DataLoader:
+def _loader(dataset: TorchDataset, config: FinetuneConfig, shuffle: bool, device: torch.device,
+            ranks: World) -> DataLoader:
+    """Training (shuffle): each rank draws its own part of every epoch's permutation, batch_size / ranks at a
+    time, so one step still sees --batch-size images. Evaluation: the rank's own contiguous share, in order."""
     workers = default_workers() if config.workers is None else config.workers
+    sampler = DistributedSampler(dataset, ranks.size, ranks.rank, shuffle=True, seed=config.seed) \
+        if shuffle and ranks.distributed else None
     generator = torch.Generator().manual_seed(config.seed)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle, num_workers=workers, collate_fn=_collate,
-                      pin_memory=device.type == "cuda", drop_last=False, generator=generator,
-                      persistent_workers=workers > 0)
+    return DataLoader(dataset, batch_size=max(1, config.batch_size // ranks.size), shuffle=shuffle and not sampler,
+                      sampler=sampler, num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+                      drop_last=False, generator=generator, persistent_workers=workers > 0)
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------
@@ -272,8 +281,11 @@ def _comparable(config: FinetuneConfig) -> dict:
 
 
 class _Trainer:
-    def __init__(self, model: nn.Module, preprocess: Preprocess, device: torch.device, precision: str):
-        self.model, self.preprocess, self.device = model, preprocess, device
+    def __init__(self, model: nn.Module, preprocess: Preprocess, device: torch.device, precision: str, ranks: World):
+        self.model, self.preprocess, self.device, self.ranks = model, preprocess, device, ranks
+        # gradients are averaged across ranks by DDP; evaluation runs the plain model on each rank's share
+        self.train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.distributed else model
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.autocast = dict(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
@@ -282,13 +294,16 @@ class _Trainer:
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.preprocess, self.device)
 
-    def train_epoch(self, loader, optimizer, schedule, bar) -> tuple[float, float, int]:
+    def train_epoch(self, loader, optimizer, schedule, bar, epoch: int) -> tuple[float, float, int]:
+        """Mean loss and accuracy over the epoch's images, and their number (all ranks together)."""
         set_train_mode(self.model)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)  # a new permutation each epoch, the same on every rank
         total_loss, correct, seen = 0.0, 0, 0
         for images, labels in _batches(loader):
             labels = labels.to(self.device)
             with torch.autocast(**self.autocast):
-                logits = self.model(self.inputs(images))
+                logits = self.train_model(self.inputs(images))
                 loss = self.loss(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -298,27 +313,35 @@ class _Trainer:
             total_loss += loss.item() * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
-            bar.update(len(labels))
+            bar.update(len(labels) * self.ranks.size)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+        total_loss, correct, seen = (sum(v) for v in zip(*self.ranks.gather((total_loss, correct, seen)),
+                                                          strict=True))
         return total_loss / seen, correct / seen, seen
 
     @torch.inference_mode()
     def predict(self, loader) -> np.ndarray:
+        """Predicted classes of the loader's images; under torchrun, of every rank's share joined in order."""
         self.model.eval()
-        predictions = []
+        predictions = [np.zeros(0, dtype=np.int64)]
         for images, _ in _batches(loader):
             with torch.autocast(**self.autocast):
-                predictions.append(self.model(self.inputs(images)).argmax(1).cpu())
-        return torch.cat(predictions).numpy()
+                predictions.append(self.model(self.inputs(images)).argmax(1).cpu().numpy())
+        return np.concatenate(self.ranks.gather(np.concatenate(predictions)))
 
 
 def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], None] = print,
              dataset: Dataset | None = None) -> FinetuneResult:
     """Train, early-stop on validation accuracy, evaluate the best checkpoint once on the test split."""
     config.validate()
+    ranks = world(config.device)
+    if not ranks.is_main:
+        log = lambda message: None  # noqa: E731
     torch.manual_seed(config.seed)
     dataset = dataset or resolve_dataset(config.dataset, config.data_root, config.limit_per_class)
     device = resolve_device(config.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     model, preprocess, head = prepare_model(config, len(dataset.class_names))
     model.to(device).to(memory_format=torch.channels_last)
     out = Path(config.out)
@@ -327,14 +350,16 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     train_split, test_split = dataset.splits["train"], dataset.splits["test"]
     train_idx, val_idx = validation_split(train_split.labels, config.val_fraction, config.seed)
     evaluate_transform = functools.partial(resize_and_crop, preprocess=preprocess)
-    train_loader = _loader(_LabelledImages(train_split, train_idx, train_transform(preprocess)), config, True, device)
-    val_loader = _loader(_LabelledImages(train_split, val_idx, evaluate_transform), config, False, device)
-    test_loader = _loader(_LabelledImages(test_split, np.arange(len(test_split)), evaluate_transform), config,
-                          False, device)
+    train_loader = _loader(_LabelledImages(train_split, train_idx, train_transform(preprocess)), config, True, device,
+                           ranks)
+    val_loader = _loader(_LabelledImages(train_split, np.array_split(val_idx, ranks.size)[ranks.rank],
+                                         evaluate_transform), config, False, device, ranks)
+    test_loader = _loader(_LabelledImages(test_split, np.array_split(np.arange(len(test_split)), ranks.size)[
+        ranks.rank], evaluate_transform), config, False, device, ranks)
 
     optimizer = build_optimizer(parameter_groups(model, head, config), config)
     schedule = build_schedule(optimizer, config, len(train_loader))
-    trainer = _Trainer(model, preprocess, device, config.precision)
+    trainer = _Trainer(model, preprocess, device, config.precision, ranks)
     history, best_val, best_epoch, start_epoch, train_seconds, train_images = [], -1.0, 0, 1, 0.0, 0
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.exists():
@@ -356,7 +381,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     total = sum(p.numel() for p in model.parameters())
     log(f"fine-tuning {config.backbone} ({config.mode}: {trainable:,} of {total:,} parameters trainable) on "
         f"{dataset.name}: {len(train_idx)} train / {len(val_idx)} val / {len(test_split)} test images, "
-        f"{preprocess.crop_size} px, {device.type}")
+        f"{preprocess.crop_size} px, {device.type}" + (f", {ranks.size} processes" if ranks.distributed else ""))
     stale = sum(1 for row in history if row["epoch"] > best_epoch)
     for epoch in range(start_epoch, config.epochs + 1):
         if stale >= config.patience:
@@ -364,8 +389,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
             break
         epoch_start = time.perf_counter()
         with tqdm(total=len(train_idx), unit="img", desc=f"{config.mode} epoch {epoch}/{config.epochs}",
-                  file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
-            train_loss, train_acc, seen = trainer.train_epoch(train_loader, optimizer, schedule, bar)
+                  file=sys.stderr, leave=False, dynamic_ncols=True, disable=not ranks.is_main) as bar:
+            train_loss, train_acc, seen = trainer.train_epoch(train_loader, optimizer, schedule, bar, epoch)
         train_seconds += time.perf_counter() - epoch_start
         train_images += seen
         val_acc = float(np.mean(trainer.predict(val_loader) == train_split.labels[val_idx]))
@@ -374,17 +399,21 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
                         "lr_head": optimizer.param_groups[0]["lr"]})
         log(f"epoch {epoch}: train loss {train_loss:.4f}, train acc {train_acc:.4f}, val acc {val_acc:.4f} "
             f"({history[-1]['seconds']:.1f} s)")
-        if val_acc > best_val:
+        improved = val_acc > best_val
+        if improved:
             best_val, best_epoch, stale = val_acc, epoch, 0
-            save_atomically({"model": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc}, best_path)
         else:
             stale += 1
-        save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": schedule.state_dict(), "epoch": epoch, "history": history,
-                         "best_val": best_val, "best_epoch": best_epoch, "config": _comparable(config),
-                         "train_seconds": train_seconds, "train_images": train_images}, last_path)
-        write_history(history, out)
+        if ranks.is_main:
+            if improved:
+                save_atomically({"model": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc}, best_path)
+            save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "schedule": schedule.state_dict(), "epoch": epoch, "history": history,
+                             "best_val": best_val, "best_epoch": best_epoch, "config": _comparable(config),
+                             "train_seconds": train_seconds, "train_images": train_images}, last_path)
+            write_history(history, out)
 
+    ranks.barrier()  # best.pt is written
     test_start = time.perf_counter()
     model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
     predictions = trainer.predict(test_loader)
@@ -396,7 +425,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
         seconds=seconds,
         train_images_per_second=train_images / max(train_seconds, 1e-9), history=history,
         test_predictions=predictions.tolist(), out=str(out))
-    (out / "result.json").write_text(json.dumps({**result.to_dict(), "config": asdict(config)}, indent=2))
+    if ranks.is_main:
+        (out / "result.json").write_text(json.dumps({**result.to_dict(), "config": asdict(config)}, indent=2))
     log(f"{config.mode}: test accuracy {result.test_accuracy:.4f} (best epoch {best_epoch}, val {best_val:.4f})")
     return result
 
