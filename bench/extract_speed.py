@@ -100,9 +100,10 @@ def gemm_rate(dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> float:
 def flops_per_image(backbone, size: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
+    model = FeatureModel(backbone.model)  # built outside the counter: building runs probe passes of its own
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        FeatureModel(backbone.model)(torch.zeros(1, 3, size, size))
+        model(torch.zeros(1, 3, size, size))
     return float(counter.get_total_flops())
 
 

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"torch.compile the backbone: auto (default) does it in fp32 from {COMPILE_MIN_IMAGES} "
                              "images, where its start-up time (~20 s) pays back; same features either way")
     parser.add_argument("--workers", type=int, default=None,
-                        help="image-decoding processes (default: cores - 1, at least 1)")
+                        help="image-decoding processes (default: 0 on 2 cores or fewer, else cores - 1, up to 8)")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where feature files go (default: cache/)")
     parser.add_argument("--data-root", default="data",
                         help="where torchvision datasets are downloaded (default: data/)")

@@ -33,7 +33,7 @@ from extract.backbones import DEFAULT_BACKBONE, Preprocess, block_names, create_
 from extract.datasets import BadImageError, Dataset, Split, resolve_dataset
 from extract.distributed import World, world
 from extract.errors import UsageError
-from extract.features import default_workers, normalize, resize_and_crop, resolve_device
+from extract.features import default_workers, keep_freed_memory, normalize, resize_and_crop, resolve_device
 
 MODES = ("head", "partial", "full", "scratch")
 OPTIMIZERS = ("sgd", "adamw")
@@ -340,6 +340,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     torch.manual_seed(config.seed)
     dataset = dataset or resolve_dataset(config.dataset, config.data_root, config.limit_per_class)
     device = resolve_device(config.device)
+    keep_freed_memory()
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     model, preprocess, head = prepare_model(config, len(dataset.class_names))

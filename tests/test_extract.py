@@ -170,3 +170,27 @@ def test_compiled_backbone_gives_the_same_features_and_only_when_it_pays(sample_
     assert auto.compile_for(100) is None  # too few images for the start-up time to pay back
     assert "torch.compile" in auto.compile_for(10**6) and auto.compiled
     np.testing.assert_allclose(auto.images(images), eager.images(images), rtol=1e-4, atol=1e-4)
+
+
+FAULTS = """
+import resource, sys, torch
+from extract.features import keep_freed_memory
+if sys.argv[1] == "keep":
+    keep_freed_memory()
+torch.ones(64 << 20, dtype=torch.uint8)  # the heap grows once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    torch.ones(64 << 20, dtype=torch.uint8)  # one batch's activations, freed again
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_batch_memory_is_reused_without_page_faults():
+    def faults(mode: str) -> int:
+        result = subprocess.run([sys.executable, "-c", FAULTS, mode], cwd=REPO, capture_output=True, text=True)
+        return int(result.stdout)
+
+    default, kept = faults("default"), faults("keep")
+    assert default > 5 * (64 << 20) // 4096 // 2  # every batch pages its memory in again
+    assert kept < default / 3
