@@ -27,8 +27,8 @@ from extract.errors import UsageError
 
 POOLS = ("avg", "max", "avgmax")
 COMPILE_MODES = ("auto", "on", "off")
-# torch.compile costs ~14 s more start-up (2-core CPU, efficientnet_lite0, fp32) and then runs ~1.45x faster
-# (141 against 97 images/s): it pays from ~4,300 images (bench/extract_speed.py at 500 and 2,000 images)
+# torch.compile of efficientnet_lite0 in fp32 on the 2-core CPU (bench/extract_speed.py, whole process): 2.6 s slower
+# than eager at 2,500 images, 5 s faster at 10,000 (84.8 against 81.4 images/s); it pays from about 5,000 images
 COMPILE_MIN_IMAGES = 5000
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_LAYER = "penultimate"

@@ -138,7 +138,8 @@ def _compute_sharded(dataset: Dataset, extractor: Extractor, attrs: dict, path: 
             seconds = time.perf_counter() - started
             merge_parts(path, attrs, {n: SplitRows(s.ids, s.labels) for n, s in dataset.splits.items()},
                         extractor.feature_dim(), parts, extract_seconds=seconds,
-                        images_per_second=images / max(seconds, 1e-9), ranks=ranks.size)
+                        images_per_second=images / max(seconds, 1e-9), ranks=ranks.size,
+                        compiled=extractor.compiled)
         shutil.rmtree(own.parent)
         log(f"wrote {path} ({images} images on {ranks.size} ranks in {seconds:.1f} s, "
             f"{images / max(seconds, 1e-9):.1f} images/s)")
@@ -194,7 +195,8 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
                     if interrupted:
                         raise KeyboardInterrupt
         seconds = time.perf_counter() - started
-        final = writer.finish(extract_seconds=seconds, images_per_second=done / max(seconds, 1e-9))
+        final = writer.finish(extract_seconds=seconds, images_per_second=done / max(seconds, 1e-9),
+                              compiled=extractor.compiled)
     finally:
         writer.close()
     log(f"wrote {final} ({done} images in {seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s)")

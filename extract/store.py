@@ -6,8 +6,8 @@ Layout of one cache entry (one file per dataset x backbone x weights x layer x p
                              comma-separated), layer_module (JSON: layer -> module), layout (JSON: [layer, first
                              column, end column] of each layer in `features`), pool, image_size, precision,
                              transform (JSON), class_names (JSON), dataset, dataset_fingerprint, versions (JSON),
-                             feature_dim, created, extract_seconds,
-                             images_per_second (of the run that finished the file)
+                             feature_dim, created, extract_seconds, images_per_second, compiled (of the run that
+                             finished the file), ranks (torchrun processes, when more than one)
     /<split>/features float32 (N, D), chunked, written as computed; several layers sit side by side
     /<split>/labels   int64 (N,)
     /<split>/ids      UTF-8 strings (N,): file path relative to the dataset root, or index

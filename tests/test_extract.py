@@ -24,6 +24,7 @@ def test_cache_file_describes_itself(lite_cache, sample_dir):
         assert len(attrs["weights_sha256"]) == 64 and len(attrs["dataset_fingerprint"]) == 64
         assert json.loads(attrs["transform"])["mean"] == [0.5, 0.5, 0.5]
         assert "torch" in json.loads(attrs["versions"])
+        assert not attrs["compiled"]  # a few images: eager (compile pays only from COMPILE_MIN_IMAGES)
         class_names = json.loads(attrs["class_names"])
         assert class_names == sorted(p.name for p in (sample_dir / "train").iterdir())
         for split in ("train", "test"):
