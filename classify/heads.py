@@ -1,23 +1,23 @@
 """The heads as scikit-learn Pipelines, each with its default GridSearchCV grid, and how `svm` scales.
 
-`svm` is an RBF-kernel SVC. Its fit costs grow roughly with the square of the training size (measured here,
-1280-d features: about 50 s at 10,000 samples, about 10 minutes at 50,000), so above EXACT_SVM_MAX_TRAIN samples
-it runs on a PCA projection of the features (PCA_COMPONENTS dimensions, keeping the RBF width of the full
-features: RBFProjection) with C searched on a stratified subsample of EXACT_SVM_MAX_TRAIN samples, then one fit on
-all of the data. `--exact` forces the exact path, `--approx` the scalable one. On that path a searched gamma is
-relative to the 'scale' width (gamma=1 is 'scale').
+`svm` is an RBF-kernel SVC. scikit-learn's `SVC` computes kernel values one at a time as its solver asks for
+them, so its fit time grows fast with the training size (measured here on 1,280-d features: 40 s at 10,000
+samples, about 10 minutes at 50,000). Up to EXACT_SVM_MAX_TRAIN samples, where it takes under a minute, the head is
+`SVC` itself, the reference implementation; above, it is `PairwiseSVC`, the same model fitted pair of classes by
+pair on kernel matrices computed with BLAS (2 s at 10,000, 50 s at 50,000; see classify/pairwise_svm.py).
+`--exact` forces `SVC`, `--pairwise` forces `PairwiseSVC`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
+from classify.pairwise_svm import PairwiseSVC
 from extract.errors import UsageError
 
 # Default grids: a decade apart, around the values that work for CNN features.
@@ -28,7 +28,6 @@ DEFAULT_GRIDS = {
 }
 HEADS = tuple(DEFAULT_GRIDS)
 EXACT_SVM_MAX_TRAIN = 10_000
-PCA_COMPONENTS = 256
 
 
 class LayerSelector(TransformerMixin, BaseEstimator):
@@ -66,33 +65,14 @@ class LayerSelector(TransformerMixin, BaseEstimator):
                           for (start, stop), scale in zip(self._blocks(), self.scales_, strict=True)])
 
 
-class RBFProjection(TransformerMixin, BaseEstimator):
-    """PCA to at most `components` dimensions of features scaled so that an RBF kernel with gamma=1 on the output
-    has the width scikit-learn's gamma='scale' gives the full features (1 / (n_features * variance)).
-    The projection keeps distances nearly intact, so it is the same kernel, cheaper."""
-
-    def __init__(self, components: int = PCA_COMPONENTS):
-        self.components = components
-
-    def fit(self, features: np.ndarray, labels=None) -> RBFProjection:
-        self.scale_ = float(1.0 / np.sqrt(features.shape[1] * max(features.var(), 1e-12)))
-        keep = min(self.components, features.shape[1], features.shape[0] - 1)
-        self.pca_ = PCA(keep, random_state=0).fit(features * self.scale_)
-        return self
-
-    def transform(self, features: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "pca_")
-        return self.pca_.transform(features * self.scale_)
-
-
-def svm_is_approximate(n_train: int, exact: bool = False, approx: bool = False) -> bool:
-    if exact and approx:
-        raise UsageError("--exact and --approx exclude each other; give one")
-    return approx or (not exact and n_train > EXACT_SVM_MAX_TRAIN)
+def svm_is_pairwise(n_train: int, exact: bool = False, pairwise: bool = False) -> bool:
+    if exact and pairwise:
+        raise UsageError("--exact and --pairwise exclude each other; give one")
+    return pairwise or (not exact and n_train > EXACT_SVM_MAX_TRAIN)
 
 
 def build_head(name: str, layout: dict[str, tuple[int, int]] | None = None, layer: str = "penultimate",
-               approximate: bool = False) -> Pipeline:
+               pairwise: bool = False) -> Pipeline:
     """An unfitted Pipeline: `layer` picks the cached layer's columns, `clf` is the classifier.
 
     Linear heads standardise each feature first (their solvers converge far faster); the RBF SVM works on the
@@ -102,9 +82,8 @@ def build_head(name: str, layout: dict[str, tuple[int, int]] | None = None, laye
 
     select = [("layer", LayerSelector(layout, layer))] if layout else []
     if name == "svm":
-        if approximate:
-            return Pipeline([*select, ("project", RBFProjection()), ("clf", SVC(kernel="rbf", gamma=1.0,
-                                                                                  cache_size=2000))])
+        if pairwise:
+            return Pipeline([*select, ("clf", PairwiseSVC(gamma="scale"))])
         return Pipeline([*select, ("clf", SVC(kernel="rbf", gamma="scale", cache_size=2000))])
     if name == "linearsvm":
         # the dual coordinate-descent solver converges in few passes at the small C that standardised CNN features
@@ -127,7 +106,7 @@ def _parse_value(text: str):
     return text
 
 
-def parse_grid(text: str | None, head: str) -> dict[str, list]:
+def parse_grid(text: str | None, head: str, pairwise: bool = False) -> dict[str, list]:
     """'C=0.1,1,10; gamma=scale,0.01' -> {'clf__C': [...], 'clf__gamma': [...]}, checked against the head."""
     grid = DEFAULT_GRIDS[head] if not text else {}
     for part in filter(None, (p.strip() for p in (text or "").split(";"))):
@@ -137,7 +116,7 @@ def parse_grid(text: str | None, head: str) -> dict[str, list]:
             raise UsageError(f"--grid part {part!r} does not parse; write it as NAME=V1,V2[;NAME=V1,...], "
                              "e.g. \"C=0.1,1,10\"")
         grid[name.strip()] = parsed
-    valid = build_head(head).named_steps["clf"].get_params()
+    valid = build_head(head, pairwise=pairwise).named_steps["clf"].get_params()
     unknown = [name for name in grid if name not in valid]
     if unknown:
         raise UsageError(f"{head} has no parameter {', '.join(unknown)}; its parameters are "

@@ -8,13 +8,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
 from classify import heads
 from classify.cluster import sweep_backend
 from classify.evaluate import evaluate, plot_confusion
-from classify.heads import build_head, parse_grid, svm_is_approximate
+from classify.heads import build_head, parse_grid, svm_is_pairwise
 from classify.models import save_model
 from extract.errors import UsageError
 from extract.store import open_cache
@@ -79,43 +78,37 @@ def layer_grid(layer: str | None, layout: dict) -> tuple[str, list[str]]:
 
 
 def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, cv: int = 3, n_jobs: int = -1,
-               exact: bool = False, approx: bool = False, layer: str | None = None, backend: str = "local",
+               exact: bool = False, pairwise: bool = False, layer: str | None = None, backend: str = "local",
                scheduler: str | None = None, log: Callable[[str], None] = print) -> TrainResult:
     """GridSearchCV on the train split (over `layer` too when it is 'best'), then one score on the test split.
 
     With backend 'dask' the search's fits run on the cluster at `scheduler`; refits run here."""
     cache = open_cache(cache_path)
-    grid = parse_grid(grid_text, head)
+    x_train, y_train, _ = cache.load("train")
+    x_test, y_test, _ = cache.load("test")
+    if head != "svm" and (exact or pairwise):
+        raise UsageError("--exact and --pairwise choose how the svm head is fitted; the linear heads have one way")
+    use_pairwise = head == "svm" and svm_is_pairwise(len(y_train), exact, pairwise)
+    grid = parse_grid(grid_text, head, use_pairwise)
     start_layer, search_layers = layer_grid(layer, cache.layout)
     if search_layers:
         grid = {"layer__layer": search_layers, **grid}
-    x_train, y_train, _ = cache.load("train")
-    x_test, y_test, _ = cache.load("test")
-    if head != "svm" and (exact or approx):
-        raise UsageError("--exact and --approx choose how the svm head is fitted; the linear heads have one way")
-    approximate = head == "svm" and svm_is_approximate(len(y_train), exact, approx)
-    search_x, search_y = x_train, y_train
-    subsampled = approximate and len(y_train) > heads.EXACT_SVM_MAX_TRAIN
-    if subsampled:
-        search_x, _, search_y, _ = train_test_split(x_train, y_train, train_size=heads.EXACT_SVM_MAX_TRAIN,
-                                                    stratify=y_train, random_state=0)
-    check_cv(cv, search_y)
-    estimator = build_head(head, cache.layout, start_layer, approximate)
+    check_cv(cv, y_train)
+    estimator = build_head(head, cache.layout, start_layer, use_pairwise)
     estimator.named_steps["layer"].fit(x_train[:2])  # an unknown --layer fails here, before any search
-    if approximate:
-        log(f"svm: {len(y_train)} train samples (the exact SVC is slow above {heads.EXACT_SVM_MAX_TRAIN}): RBF SVC "
-            f"on a {heads.PCA_COMPONENTS}-d PCA projection, C searched on {len(search_y)} samples, then one fit on "
-            "all (--exact forces the exact SVC)")
+    if use_pairwise:
+        why = "--pairwise" if pairwise else (f"{len(y_train)} train samples, above the {heads.EXACT_SVM_MAX_TRAIN} "
+                                             "where scikit-learn's SVC takes a minute; --exact forces it")
+        log(f"svm: the RBF SVC fitted one class pair at a time on BLAS-computed kernels (PairwiseSVC: {why})")
     combos = int(np.prod([len(v) for v in grid.values()]))
     log(f"{head}: GridSearchCV over {dict((short_name(k), v) for k, v in grid.items())}, "
-        f"{cv}-fold on {len(search_y)} train samples x {x_train.shape[1]} features ({combos * cv} fits + 1)")
+        f"{cv}-fold on {len(y_train)} train samples x {x_train.shape[1]} features ({combos * cv} fits + 1)")
     search = GridSearchCV(estimator, grid, cv=StratifiedKFold(cv, shuffle=True, random_state=0),
-                          n_jobs=n_jobs, refit=not subsampled, error_score="raise")
+                          n_jobs=n_jobs, error_score="raise")
     started = time.perf_counter()
     with sweep_backend(backend, scheduler, log):
-        search.fit(search_x, search_y)
-    model = search.best_estimator_ if not subsampled else clone(estimator).set_params(
-        **search.best_params_).fit(x_train, y_train)
+        search.fit(x_train, y_train)
+    model = search.best_estimator_
     seconds = time.perf_counter() - started  # the whole training: search, and the refit on all samples
     evaluation = evaluate(y_test, model.predict(x_test), cache.class_names)
 

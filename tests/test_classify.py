@@ -105,21 +105,22 @@ def test_grid_values_are_typed():
     assert build_head("svm").named_steps["clf"].kernel == "rbf"
 
 
-@pytest.mark.parametrize("limit, flags, expect_pca", [
-    (10_000, [], False),        # small data: the exact SVC
-    (10_000, ["--approx"], True),
-    (40, [], True),             # "large" data (above a lowered threshold): the scalable path
+@pytest.mark.parametrize("limit, flags, expect_pairwise", [
+    (10_000, [], False),        # small data: scikit-learn's SVC
+    (10_000, ["--pairwise"], True),
+    (40, [], True),             # "large" data (above a lowered threshold): PairwiseSVC
     (40, ["--exact"], False),
 ])
-def test_svm_path_follows_data_size_and_flags(limit, flags, expect_pca, cache_copy, capsys, monkeypatch):
+def test_svm_path_follows_data_size_and_flags(limit, flags, expect_pairwise, cache_copy, capsys, monkeypatch):
     import classify.heads
 
     monkeypatch.setattr(classify.heads, "EXACT_SVM_MAX_TRAIN", limit)
     code, out, err = run(main, ["svm", str(cache_copy), "--cv", "2", "--n-jobs", "1", "--json", *flags], capsys)
     assert code == 0, err
     result = json.loads(out)
-    assert ("RBFProjection(" in result["estimator"]) == expect_pca
-    assert ("C searched on 40 samples" in err) == (expect_pca and limit == 40)
+    assert result["estimator"].startswith("PairwiseSVC(" if expect_pairwise else "SVC(")
+    assert ("one class pair at a time" in err) == expect_pairwise
+    assert ("above the 40" in err) == (expect_pairwise and not flags)
     model, _ = load_model(result["model_file"])
     reported = " -> ".join(repr(step) for name, step in model.steps if name != "layer")
     assert reported == result["estimator"]  # what is reported is what was saved

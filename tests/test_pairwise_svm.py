@@ -1,0 +1,45 @@
+"""PairwiseSVC is scikit-learn's RBF SVC, fitted differently: same predictions, decision values and layout."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.svm import SVC
+
+from classify.pairwise_svm import PairwiseSVC
+
+
+@pytest.fixture(scope="module")
+def digits():
+    features, labels = load_digits(return_X_y=True)
+    features = features.astype(np.float32)
+    return features[:1000], labels[:1000], features[1000:], labels[1000:]
+
+
+@pytest.mark.parametrize("C", [1.0, 10.0])
+@pytest.mark.parametrize("max_pair_samples", [16_000, 0])  # kernels precomputed / every pair on its features
+def test_same_model_as_svc(digits, C, max_pair_samples):
+    x_train, y_train, x_test, _ = digits
+    reference = SVC(C=C, gamma="scale", decision_function_shape="ovo").fit(x_train, y_train)
+    ours = PairwiseSVC(C=C, max_pair_samples=max_pair_samples).fit(x_train, y_train)
+    assert np.array_equal(ours.predict(x_test), reference.predict(x_test))
+    # the solver stops at tolerance 1e-3: decision values agree to about that, not bit for bit
+    np.testing.assert_allclose(ours.decision_function(x_test), reference.decision_function(x_test), atol=1e-2)
+    np.testing.assert_allclose(ours.intercept_, reference.intercept_, atol=1e-2)
+    assert ours.gamma_ == pytest.approx(reference._gamma)
+    assert ours.dual_coef_.shape[0] == len(ours.classes_) - 1
+    assert np.abs(ours.n_support_ - reference.n_support_).max() <= 2  # vectors with alpha ~ 0 may differ
+
+
+def test_labels_of_any_type_and_unequal_classes(digits):
+    x_train, y_train, x_test, _ = digits
+    keep = (y_train != 3) | (np.arange(len(y_train)) % 4 == 0)  # class 3 much smaller than the others
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    reference = SVC(C=10).fit(x_train[keep], names[y_train[keep]])
+    ours = PairwiseSVC(C=10).fit(x_train[keep], names[y_train[keep]])
+    assert np.array_equal(ours.predict(x_test), reference.predict(x_test))
+
+
+def test_one_class_is_refused(digits):
+    x_train, y_train, _, _ = digits
+    with pytest.raises(ValueError, match="2 or more classes"):
+        PairwiseSVC().fit(x_train[y_train == 0], y_train[y_train == 0])
