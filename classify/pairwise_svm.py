@@ -27,9 +27,16 @@ def _squared_norms(x: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", x, x)
 
 
+def class_pairs(n_classes: int) -> itertools.combinations:
+    """libsvm's order of the one-vs-one problems: (0, 1), (0, 2), ..., (1, 2), ..."""
+    return itertools.combinations(range(n_classes), 2)
+
+
 def rbf_kernel_block(a: np.ndarray, b: np.ndarray, gamma: float, a_norms: np.ndarray | None = None,
                      b_norms: np.ndarray | None = None) -> np.ndarray:
-    """exp(-gamma * |a_i - b_j|^2) as one matrix product (in a's dtype) and in-place element-wise steps."""
+    """exp(-gamma * |a_i - b_j|^2) as one matrix product (in a's dtype) and in-place element-wise steps.
+    Not sklearn.metrics.pairwise.rbf_kernel: for float32 input it computes distances in float64 blocks, at half
+    the GEMM rate, and the kernel is most of the fit."""
     a_norms = _squared_norms(a) if a_norms is None else a_norms
     b_norms = _squared_norms(b) if b_norms is None else b_norms
     kernel = a @ b.T
@@ -47,7 +54,7 @@ class PairwiseSVC(ClassifierMixin, BaseEstimator):
     Parameters are SVC's: `C`, `gamma` ('scale', as SVC: 1 / (n_features * X.var()), or a number), `tol`,
     `cache_size` (only for pairs fitted on their features). The fitted attributes have SVC's layout: `classes_`,
     `gamma_`, `support_` (training rows, grouped by class), `support_vectors_`, `n_support_`, `dual_coef_`
-    (n_classes - 1, n_support_vectors) and `intercept_` (one per pair: (0, 1), (0, 2), ..., (1, 2), ...).
+    (n_classes - 1, n_support_vectors) and `intercept_` (one per pair, in `class_pairs` order).
     """
 
     def __init__(self, C: float = 1.0, gamma: str | float = "scale", tol: float = 1e-3, cache_size: float = 2000,
@@ -70,7 +77,7 @@ class PairwiseSVC(ClassifierMixin, BaseEstimator):
         within: dict[int, np.ndarray] = {}  # kernel of a class with itself, reused by each of its pairs
         coefs: list[dict[int, np.ndarray]] = [{} for _ in rows]  # class -> {other class: coef per class row}
         intercepts = []
-        for a, b in itertools.combinations(range(len(rows)), 2):
+        for a, b in class_pairs(len(rows)):
             targets = np.r_[np.ones(len(rows[a])), -np.ones(len(rows[b]))]  # libsvm's sign: + is the first class
             if len(rows[a]) + len(rows[b]) > self.max_pair_samples:
                 svc = SVC(C=self.C, gamma=self.gamma_, tol=self.tol, cache_size=self.cache_size)
@@ -107,11 +114,11 @@ class PairwiseSVC(ClassifierMixin, BaseEstimator):
         row j of dual_coef_ holds, for a class-i vector, its coefficient in the pair with class j (j < i) or j + 1."""
         support, n_support, columns = [], [], []
         for k, k_rows in enumerate(rows):
-            others = [coefs[k][j] for j in range(len(rows)) if j != k]
-            used = np.flatnonzero(np.any(np.stack(others) != 0, axis=0))
+            others = np.stack([coefs[k][j] for j in range(len(rows)) if j != k])
+            used = np.flatnonzero(np.any(others != 0, axis=0))
             support.append(k_rows[used])
             n_support.append(len(used))
-            columns.append(np.stack(others)[:, used])
+            columns.append(others[:, used])
         self.support_ = np.concatenate(support)
         self.support_vectors_ = X[self.support_]
         self.n_support_ = np.asarray(n_support, dtype=np.int32)
@@ -130,7 +137,7 @@ class PairwiseSVC(ClassifierMixin, BaseEstimator):
                                       b_norms=sv_norms)
             # per class: its vectors' kernel columns times their coefficients in each of the class's pairs
             by_class = [kernel[:, lo:hi] @ self.dual_coef_[:, lo:hi].T for lo, hi in itertools.pairwise(bounds)]
-            for p, (a, b) in enumerate(itertools.combinations(range(len(self.classes_)), 2)):
+            for p, (a, b) in enumerate(class_pairs(len(self.classes_))):
                 out[start:start + PREDICT_CHUNK, p] = by_class[a][:, b - 1] + by_class[b][:, a] + self.intercept_[p]
         return out
 
@@ -138,7 +145,7 @@ class PairwiseSVC(ClassifierMixin, BaseEstimator):
         """libsvm's vote: each pair votes for one of its classes; ties go to the lower class index."""
         decisions = self.decision_function(X)
         votes = np.zeros((len(decisions), len(self.classes_)), dtype=np.int64)
-        for p, (a, b) in enumerate(itertools.combinations(range(len(self.classes_)), 2)):
+        for p, (a, b) in enumerate(class_pairs(len(self.classes_))):
             first = decisions[:, p] > 0
             votes[:, a] += first
             votes[:, b] += ~first
