@@ -1,7 +1,7 @@
 """Does a reduced precision change what the heads learn? The same dataset extracted twice, in fp32 and in bf16
 (or fp16), compared on all of it.
 
-    python bench/precision_check.py FP32_CACHE OTHER_CACHE [--heads logreg:C=0.01,linearsvm:C=0.001,svm:C=10]
+    python bench/precision_check.py FP32_CACHE OTHER_CACHE [--heads "logreg:C=0.001 linearsvm:C=0.001 svm:C=10"]
 
 Prints the per-image cosine similarity of the two feature sets, and each head's test accuracy on both, fitted with
 the same fixed parameters (the default sweeps' choices on CIFAR-10) so that only the features differ. The rule of
@@ -19,17 +19,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classify.heads import _parse_value, build_head, svm_is_pairwise  # noqa: E402
+from classify.heads import build_head, parse_grid, svm_is_pairwise  # noqa: E402
 from extract.store import open_cache  # noqa: E402
 
 
-def parse_heads(text: str) -> list[tuple[str, dict]]:
-    """'logreg:C=0.01,svm:C=10' -> [('logreg', {'clf__C': 0.01}), ('svm', {'clf__C': 10.0})]"""
+def parse_heads(text: str, pairwise_svm: bool) -> list[tuple[str, dict]]:
+    """'logreg:C=0.01 svm:C=10;gamma=scale' -> [('logreg', {'clf__C': 0.01}), ('svm', {...})], one value each."""
     heads = []
-    for item in filter(None, text.split(",")):
-        name, _, params = item.partition(":")
-        heads.append((name, {f"clf__{key}": _parse_value(value)
-                             for key, value in (pair.split("=") for pair in filter(None, params.split(";")))}))
+    for item in text.split():
+        head, _, params = item.partition(":")
+        grid = parse_grid(params, head, pairwise=head == "svm" and pairwise_svm)
+        heads.append((head, {name: values[0] for name, values in grid.items()}))
     return heads
 
 
@@ -37,7 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reference", help="the fp32 cache file")
     parser.add_argument("other", help="the same data in another precision")
-    parser.add_argument("--heads", default="logreg:C=0.01,linearsvm:C=0.001,svm:C=10")
+    parser.add_argument("--heads", default="logreg:C=0.001 linearsvm:C=0.001 svm:C=10",
+                        help="HEAD:NAME=VALUE[;NAME=VALUE] items separated by spaces, one value per parameter")
     args = parser.parse_args()
 
     caches = [open_cache(args.reference), open_cache(args.other)]
@@ -53,10 +54,11 @@ def main() -> None:
 
     print(f"| head | params | {precisions[0]} test acc | {precisions[1]} test acc | moved (points) | fit s |")
     print("|---|---|---:|---:|---:|---:|")
-    for head, params in parse_heads(args.heads):
+    pairwise = svm_is_pairwise(len(data[0][0][1]))
+    for head, params in parse_heads(args.heads, pairwise):
         accuracies, seconds = [], 0.0
         for (x_train, y_train, _), (x_test, y_test, _) in data:
-            model = build_head(head, pairwise=head == "svm" and svm_is_pairwise(len(y_train))).set_params(**params)
+            model = build_head(head, pairwise=head == "svm" and pairwise).set_params(**params)
             if "random_state" in model.named_steps["clf"].get_params():
                 model.set_params(clf__random_state=0)
             started = time.perf_counter()

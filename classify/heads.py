@@ -24,7 +24,7 @@ from extract.errors import UsageError
 DEFAULT_GRIDS = {
     "svm": {"C": [1.0, 10.0]},
     "linearsvm": {"C": [0.0001, 0.0003, 0.001]},
-    "logreg": {"C": [0.01, 0.1, 1.0]},
+    "logreg": {"C": [0.001, 0.01, 0.1]},
 }
 HEADS = tuple(DEFAULT_GRIDS)
 EXACT_SVM_MAX_TRAIN = 10_000
