@@ -360,10 +360,17 @@ class Extractor:
         self.device = resolve_device(settings.device)
         keep_freed_memory()
         self.precision = resolve_precision(settings.precision, self.device)
-        fold_batch_norms(backbone.model)
         self.model = FeatureModel(backbone.model, pool, layers).to(self.device).to(memory_format=torch.channels_last)
         self.model.eval()
         self.compiled = False
+        self.folded = False
+
+    def _fold_batch_norms_once(self) -> None:
+        """Before the backbone first computes features or is compiled (whose frozen graph captures the weights);
+        not on construction, which also serves a run that finds its cache entry and computes nothing."""
+        if not self.folded:
+            fold_batch_norms(self.backbone.model)
+            self.folded = True
 
     def compile_for(self, images: int) -> str | None:
         """torch.compile the backbone's blocks when it pays (`--compile on`, or `auto` from COMPILE_MIN_IMAGES
@@ -371,6 +378,7 @@ class Extractor:
         mode = self.settings.compile
         if self.compiled or mode == "off" or (mode == "auto" and images < COMPILE_MIN_IMAGES):
             return None
+        self._fold_batch_norms_once()
         originals = compile_blocks(self.backbone.model, self.model.points["penultimate"].module
                                    if "penultimate" in self.model.points else "")
         size = self.backbone.preprocess.crop_size
@@ -395,6 +403,7 @@ class Extractor:
     @torch.inference_mode()
     def features(self, batch: torch.Tensor) -> np.ndarray:
         """uint8 NCHW images (already resized and cropped) to float32 features."""
+        self._fold_batch_norms_once()
         count = len(batch)
         if self.compiled and count < self.settings.batch_size:  # one batch shape: compiled once, not per size
             batch = torch.cat([batch, batch.new_zeros(self.settings.batch_size - count, *batch.shape[1:])])

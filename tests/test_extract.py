@@ -48,8 +48,10 @@ def test_cached_features_equal_a_direct_forward_pass_in_order(lite_cache, sample
     cache = open_cache(lite_cache)
     features, _, ids = cache.load("test")
     extractor = Extractor(create_backbone("efficientnet_lite0", image_size=96), "avg", ExtractionSettings())
+    assert not extractor.folded  # building one (a cache hit needs no more) leaves the weights alone
     picked = [0, 17, 59]
     direct = extractor.images([load_image(sample_dir / ids[i], ids[i]) for i in picked])
+    assert extractor.folded
     np.testing.assert_allclose(direct, features[picked], rtol=1e-4, atol=1e-4)
 
 
