@@ -177,12 +177,23 @@ def test_compiled_backbone_gives_the_same_features_and_only_when_it_pays(sample_
     auto = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg", ExtractionSettings(**settings),
                      "stage3,penultimate")
     assert auto.compile_for(100) is None  # too few images for the start-up time to pay back
-    assert "torch.compile" in auto.compile_for(10**6) and auto.compiled
+    assert "one graph" in auto.compile_for(10**6) and auto.compiled
     compiled, reference = auto.images(images), eager.images(images)
     if precision == "fp32":
         np.testing.assert_allclose(compiled, reference, rtol=1e-4, atol=1e-4)
     else:  # other kernels, each rounding to bf16 on its own
         assert row_cosine(compiled, reference).min() > 0.99 and not np.array_equal(compiled, reference)
+
+
+def test_a_backbone_that_does_not_trace_is_compiled_block_by_block(sample_dir, monkeypatch):
+    ids = [f"test/{name}/0000.jpg" for name in ("cat", "dog")]
+    images = [load_image(sample_dir / i, i) for i in ids]
+    settings = ExtractionSettings(batch_size=4, workers=0)
+    eager = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg", settings)
+    blocks = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg", settings)
+    monkeypatch.setattr(blocks.model, "as_graph", lambda: None)
+    assert "blocks" in blocks.compile_for(10**6) and blocks.compiled
+    np.testing.assert_allclose(blocks.images(images), eager.images(images), rtol=1e-4, atol=1e-4)
 
 
 FAULTS = """

@@ -12,7 +12,7 @@ from conftest import QUICK, run
 from classify.heads import LayerSelector
 from extract.backbones import create_backbone, feature_layers
 from extract.datasets import resolve_dataset
-from extract.features import ExtractionSettings, Extractor
+from extract.features import ExtractionSettings, Extractor, FeatureModel, layer_graph
 from extract.store import open_cache
 
 LITE0_WIDTHS = {"stage1": 16, "stage2": 24, "stage3": 40, "stage4": 112, "penultimate": 1280, "logits": 1000}
@@ -24,6 +24,32 @@ def test_stages_are_named_by_stride_across_architectures():
     assert list(lite) == list(resnet) == ["stage1", "stage2", "stage3", "stage4", "penultimate", "logits"]
     assert resnet["stage2"].module == "layer1.1" and resnet["stage4"].module == "layer3.1"
     assert lite["stage4"].module == "blocks.4" and lite["penultimate"].module == "global_pool.pool"
+
+
+@pytest.mark.parametrize(("name", "layers", "pool"), [
+    ("resnet18", "stage1,stage3,penultimate,logits", "avgmax"),
+    ("densenet121", "stage3,penultimate", "avg"),  # its penultimate is the classifier's input, after a functional pool
+    ("efficientnet_lite0", "all,logits", "avgmax"),  # timm: modules that do not trace stay calls
+    ("mobilenet_v3_small", "stage2", "max"),
+])
+@torch.no_grad()
+def test_one_graph_computes_what_the_hooks_capture(name, layers, pool):
+    model = FeatureModel(create_backbone(name, weights="none", image_size=64).model, pool, layers).eval()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.as_graph()(images), model(images))
+
+
+def test_the_graph_stops_at_the_deepest_layer_and_untraceable_models_have_none():
+    resnet = create_backbone("resnet18", weights="none").model
+    graph = layer_graph(resnet, {"stage2": feature_layers(resnet)["stage2"]})
+    called = {node.target for node in graph.graph.nodes if node.op == "call_module"}
+    assert "layer1.1" in called and not called & {"layer2", "layer2.0", "layer3", "layer4", "fc"}
+
+    class BranchesOnValues(torch.nn.Module):
+        def forward(self, images):
+            return images if images.sum() > 0 else -images
+
+    assert layer_graph(BranchesOnValues(), {}) is None
 
 
 def test_every_requested_layer_is_written_in_one_pass(layers_cache, sample_dir):
