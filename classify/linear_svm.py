@@ -18,17 +18,12 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.preprocessing import label_binarize
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import ThreadpoolController
 
 ROW_BLOCK = 1024  # rows per block of the loss: one block's features and margins stay in the CPU's cache
-
-
-def one_vs_rest_signs(y: np.ndarray, classes: np.ndarray, dtype) -> np.ndarray:
-    """(n, k) matrix of +1 where a row is of the class, -1 elsewhere; one column for two classes (the second)."""
-    positive = classes[1:] if len(classes) == 2 else classes
-    return np.where(y[:, None] == positive[None, :], 1.0, -1.0).astype(dtype)
 
 
 def squared_hinge_loss(params: np.ndarray, x: np.ndarray, signs: np.ndarray, c: float) -> tuple[float, np.ndarray]:
@@ -78,7 +73,8 @@ class LBFGSLinearSVC(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:
             raise ValueError(f"LBFGSLinearSVC needs samples of at least 2 classes; got 1 class ({self.classes_[0]!r})")
-        signs = one_vs_rest_signs(y, self.classes_, X.dtype)
+        # +1 where a row is of the class, -1 elsewhere; for two classes one column, the second class's
+        signs = label_binarize(y, classes=self.classes_, neg_label=-1).astype(X.dtype)
         d, k = X.shape[1], signs.shape[1]
         blas = ThreadpoolController().select(user_api="blas")
         threads = max((pool["num_threads"] for pool in blas.info()), default=1)

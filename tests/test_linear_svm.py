@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from scipy.optimize import check_grad
 from sklearn.datasets import load_digits
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import StandardScaler, label_binarize
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from classify.linear_svm import LBFGSLinearSVC, one_vs_rest_signs, squared_hinge_loss
+from classify.linear_svm import LBFGSLinearSVC, squared_hinge_loss
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_loss_is_liblinear_objective_over_c_n_and_gradient_is_exact():
     rng = np.random.default_rng(0)
     n, d, k, c = 3000, 7, 4, 0.3  # n above the row block: the blocked sum is checked too
     x, y = rng.standard_normal((n, d)), rng.integers(0, k, n)
-    signs = one_vs_rest_signs(y, np.arange(k), np.float64)
+    signs = label_binarize(y, classes=np.arange(k), neg_label=-1).astype(np.float64)
     params = rng.standard_normal(d * k + k) * 0.3
     weights, intercept = params[: d * k].reshape(d, k), params[d * k:]
     margins = signs * (x @ weights + intercept)
