@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 
 from classify import heads
 from classify.cluster import sweep_backend
@@ -60,6 +62,21 @@ def check_cv(cv: int, labels: np.ndarray) -> None:
                          f"use --cv {max(2, smallest)} or fewer folds")
 
 
+def check_grid_values(estimator, grid: dict[str, list], x: np.ndarray, y: np.ndarray, grid_text: str,
+                      head: str) -> None:
+    """scikit-learn checks parameter values only when it fits: fit each combination once on two samples per class,
+    so that a bad --grid value is one line before the search, not a traceback from inside it."""
+    rows = np.concatenate([np.flatnonzero(y == label)[:2] for label in np.unique(y)])
+    for params in ParameterGrid(grid):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # two samples per class: convergence warnings mean nothing here
+                clone(estimator).set_params(**params).fit(x[rows], y[rows])
+        except (ValueError, TypeError) as error:
+            reason = " ".join(str(error).split())
+            raise UsageError(f"--grid {grid_text!r} does not suit {head}: {reason}") from error
+
+
 def default_layer(layout: dict) -> str:
     """penultimate when the cache holds it (what transfer learning usually reads), else its deepest layer."""
     candidates = [name for name in layout if name != "logits"] or list(layout)
@@ -96,6 +113,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     check_cv(cv, y_train)
     estimator = build_head(head, cache.layout, start_layer, use_pairwise)
     estimator.named_steps["layer"].fit(x_train[:2])  # an unknown --layer fails here, before any search
+    if grid_text:
+        check_grid_values(estimator, grid, x_train, y_train, grid_text, head)
     if use_pairwise:
         why = "--pairwise" if pairwise else (f"{len(y_train)} train samples, above the {heads.EXACT_SVM_MAX_TRAIN} "
                                              "where scikit-learn's SVC takes a minute; --exact forces it")

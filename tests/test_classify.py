@@ -87,6 +87,9 @@ def test_tampered_model_is_refused(trained, tmp_path):
     (["svm", "--grid", "Cee=1,2"], "svm has no parameter Cee"),
     (["logreg", "--cv", "7"], "--cv 7 is more than the 6 training images"),
     (["svm", "no-such.h5"], "does not exist"),
+    (["linearsvm", "--grid", "C=-1"], "--grid 'C=-1' does not suit linearsvm: C must be a positive number"),
+    (["linearsvm", "--grid", "C=abc"], "C must be a positive number, not 'abc'"),
+    (["logreg", "--grid", "C=-1"], "does not suit logreg: The 'C' parameter of LogisticRegression"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, cache_copy, capsys):
     if argv[1:2] != ["no-such.h5"]:
