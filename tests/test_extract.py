@@ -177,8 +177,12 @@ def test_compiled_backbone_gives_the_same_features_and_only_when_it_pays(sample_
     auto = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg", ExtractionSettings(**settings),
                      "stage3,penultimate")
     assert auto.compile_for(100) is None  # too few images for the start-up time to pay back
-    assert "one graph" in auto.compile_for(10**6) and auto.compiled
-    compiled, reference = auto.images(images), eager.images(images)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):  # compiled once, for every batch after
+        assert "one graph" in auto.compile_for(10**6) and auto.compiled
+        auto.features(torch.zeros(4, 3, 64, 64, dtype=torch.uint8))  # a full batch, as the data loader gives it
+        compiled = auto.images(images)  # a short one
+    reference = eager.images(images)
     if precision == "fp32":
         np.testing.assert_allclose(compiled, reference, rtol=1e-4, atol=1e-4)
     else:  # other kernels, each rounding to bf16 on its own
