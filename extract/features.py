@@ -28,9 +28,9 @@ from extract.errors import UsageError
 
 POOLS = ("avg", "max", "avgmax")
 COMPILE_MODES = ("auto", "on", "off")
-# torch.compile's start-up against its faster batches, efficientnet_lite0 on the 2-core CPU (bench/extract_speed.py,
-# whole process, 1,250 to 5,000 images): it pays from about 2,800 images in bf16 (16 s start-up, then 253 against
-# 125 images/s eager) and from about 3,400 in fp32 (17 s, then 149 against 98 images/s)
+# torch.compile's start-up against its faster batches, efficientnet_lite0 fp32 on the 2-core CPU
+# (bench/extract_speed.py --skip-baseline, whole process): 2,000 images compiled 27.8 s against 25.8 s eager, with
+# torch's compiler cache warm (about 10 s of compilation; the first time about 20 s); 10,000 compiled at 125 images/s
 COMPILE_MIN_IMAGES = 3000
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_LAYER = "penultimate"
