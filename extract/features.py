@@ -432,8 +432,14 @@ class Extractor:
         mode = self.settings.compile
         if self.compiled or mode == "off" or (mode == "auto" and images < COMPILE_MIN_IMAGES):
             return None
+        import torch._dynamo
         import torch._inductor.config
 
+        # Every extractor compiles the same code (from_pixels below, or the same block classes): in one process (a
+        # notebook trying backbones) each compile adds an entry to that code's cache, and past torch's recompile
+        # limit (8) the ninth ran eagerly while saying it was compiled, and every earlier graph stayed in memory with
+        # its weights. A reset drops them; an earlier extractor still in use compiles again on its next batch.
+        torch._dynamo.reset()
         torch._inductor.config.freezing = True  # weights are constants: packed once for the CPU's kernels
         self._fold_batch_norms_once()
         whole = self.model.as_graph()

@@ -177,7 +177,6 @@ def test_compiled_backbone_gives_the_same_features_and_only_when_it_pays(sample_
     auto = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg", ExtractionSettings(**settings),
                      "stage3,penultimate")
     assert auto.compile_for(100) is None  # too few images for the start-up time to pay back
-    torch._dynamo.reset()
     with torch._dynamo.config.patch(error_on_recompile=True):  # compiled once, for every batch after
         assert "one graph" in auto.compile_for(10**6) and auto.compiled
         auto.features(torch.zeros(4, 3, 64, 64, dtype=torch.uint8))  # a full batch, as the data loader gives it
@@ -187,6 +186,19 @@ def test_compiled_backbone_gives_the_same_features_and_only_when_it_pays(sample_
         np.testing.assert_allclose(compiled, reference, rtol=1e-4, atol=1e-4)
     else:  # other kernels, each rounding to bf16 on its own
         assert row_cosine(compiled, reference).min() > 0.99 and not np.array_equal(compiled, reference)
+
+
+def test_each_extractor_in_a_process_is_compiled_for_itself(sample_dir):
+    """A process that compiles several extractors: each one is compiled, none falls back to eager unsaid."""
+    images = [load_image(sample_dir / "test/cat/0000.jpg", "cat")]
+    settings = ExtractionSettings(batch_size=2, workers=0, compile="on")
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        for name in ("resnet18", "mobilenet_v3_small"):
+            extractor = Extractor(create_backbone(name, "none", image_size=64), "avg", settings)
+            eager = Extractor(create_backbone(name, "none", image_size=64), "avg", ExtractionSettings(batch_size=2))
+            eager.model.load_state_dict(extractor.model.state_dict())
+            assert "one graph" in extractor.compile_for(10**6)
+            np.testing.assert_allclose(extractor.images(images), eager.images(images), rtol=1e-4, atol=1e-4)
 
 
 def test_a_backbone_that_does_not_trace_is_compiled_block_by_block(sample_dir, monkeypatch):
