@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from extract_speed import pick_images, probe_accuracy  # noqa: E402
 
 from extract.backbones import create_backbone  # noqa: E402
-from extract.features import fold_batch_norms, normalize, resize_and_crop  # noqa: E402
+from extract.features import fold_batch_norms, keep_freed_memory, normalize, resize_and_crop  # noqa: E402
 
 BATCH = 64
 
@@ -68,19 +68,18 @@ def run(variant: str, pixels: torch.Tensor) -> tuple[np.ndarray, int, float]:
     def pooled(batch: torch.Tensor) -> torch.Tensor:
         return model.forward_features(normalize(batch, backbone.preprocess, torch.device("cpu"))).float().mean((2, 3))
 
+    count = len(pixels)
+    # whole batches of ordinary tensors, made outside inference mode: one compilation (see Extractor.features)
+    padded = torch.cat([pixels, pixels.new_zeros(-count % BATCH, *pixels.shape[1:])])
     compiled, out = torch.compile(pooled, dynamic=False), []
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant != "fp32"):
-        compiled(pixels[:BATCH].clone())
+        compiled(padded[:BATCH])
         started = time.perf_counter()
-        for start in range(0, len(pixels), BATCH):
-            batch = pixels[start:start + BATCH]
-            count = len(batch)
-            if count < BATCH:
-                batch = torch.cat([batch, batch.new_zeros(BATCH - count, *batch.shape[1:])])
-            out.append(compiled(batch)[:count].numpy())
-        rate = len(pixels) / (time.perf_counter() - started)
+        for start in range(0, count, BATCH):
+            out.append(compiled(padded[start:start + BATCH]).numpy())
+        rate = count / (time.perf_counter() - started)
     torch._dynamo.reset()
-    return np.concatenate(out), kept, rate
+    return np.concatenate(out)[:count], kept, rate
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -94,6 +93,7 @@ def main() -> None:
     parser.add_argument("--noise", default="0.01,0.03", help="relative noise levels of the control")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "cifar10"))
     args = parser.parse_args()
+    keep_freed_memory()  # as python -m extract does
 
     images = pick_images(Path(args.data), args.images)
     labels = np.asarray([label for _, label in images])

@@ -14,7 +14,7 @@ from conftest import QUICK, REPO, run
 from extract.__main__ import main
 from extract.backbones import create_backbone
 from extract.datasets import load_image, resolve_dataset
-from extract.features import ExtractionSettings, Extractor, fold_batch_norms
+from extract.features import ExtractionSettings, Extractor, StaticSamePadConv, fold_batch_norms, static_same_padding
 from extract.store import open_cache
 
 
@@ -48,10 +48,10 @@ def test_cached_features_equal_a_direct_forward_pass_in_order(lite_cache, sample
     cache = open_cache(lite_cache)
     features, _, ids = cache.load("test")
     extractor = Extractor(create_backbone("efficientnet_lite0", image_size=96), "avg", ExtractionSettings())
-    assert not extractor.folded  # building one (a cache hit needs no more) leaves the weights alone
+    assert not extractor.prepared  # building one (a cache hit needs no more) leaves the weights alone
     picked = [0, 17, 59]
     direct = extractor.images([load_image(sample_dir / ids[i], ids[i]) for i in picked])
-    assert extractor.folded
+    assert extractor.prepared
     np.testing.assert_allclose(direct, features[picked], rtol=1e-4, atol=1e-4)
 
 
@@ -256,6 +256,21 @@ def test_batch_norms_fold_into_their_convolutions_only_where_the_conv_feeds_them
         before = model(images)
         assert fold_batch_norms(model) == folded  # DenseNet: the norms that read a concatenation stay
         torch.testing.assert_close(model(images), before, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [64, 65])
+def test_static_same_padding_computes_what_conv2d_same_does(size):
+    """tf_efficientnet_lite0's five stride-2 convolutions: uneven padding at even sizes, even at odd ones."""
+    model = create_backbone("efficientnet_lite0", "none", image_size=size).model
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model.forward_features(images)
+        assert static_same_padding(model, size) == 5
+        torch.testing.assert_close(model.forward_features(images), before, rtol=1e-5, atol=1e-5)
+        other = torch.randn(2, 3, size + 7, size + 7, generator=torch.Generator().manual_seed(3))
+        assert model.conv_stem(other).shape[-1] == -(-(size + 7) // 2)  # another size: the original module
+    stem = model.conv_stem
+    assert isinstance(stem, StaticSamePadConv) and stem.kernel_size == ((4, 4) if size % 2 == 0 else (3, 3))
 
 
 class _ConvReadTwice(torch.nn.Module):
