@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from extract_speed import pick_images, probe_accuracy  # noqa: E402
+from extract_speed import pick_images, probe_accuracy, row_cosine  # noqa: E402
 
 from extract.backbones import create_backbone  # noqa: E402
 from extract.features import fold_batch_norms, keep_freed_memory, normalize, resize_and_crop  # noqa: E402
@@ -82,10 +82,6 @@ def run(variant: str, pixels: torch.Tensor) -> tuple[np.ndarray, int, float]:
     return np.concatenate(out)[:count], kept, rate
 
 
-def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10000)
@@ -107,15 +103,16 @@ def main() -> None:
     for variant in args.variants.split(","):
         features, kept, rate = run(variant, pixels)
         probe = probe_accuracy(features, labels)
-        print(f"| {variant} | {kept} | {rate:.1f} | {mean_cosine(features, reference):.5f} | {probe:.4f} | "
+        print(f"| {variant} | {kept} | {rate:.1f} | {row_cosine(features, reference).mean():.5f} | {probe:.4f} | "
               f"{(probe - base) * 100:+.2f} |", flush=True)
     for scale in map(float, args.noise.split(",")):
         for seed in range(3):
             noise = np.random.default_rng(seed).standard_normal(reference.shape).astype(np.float32)
             noisy = reference * (1 + scale * noise)
             probe = probe_accuracy(noisy, labels)
-            print(f"| control: fp32 x (1 + {scale} noise), seed {seed} | | | {mean_cosine(noisy, reference):.5f} | "
-                  f"{probe:.4f} | {(probe - base) * 100:+.2f} |", flush=True)
+            cosine = row_cosine(noisy, reference).mean()
+            print(f"| control: fp32 x (1 + {scale} noise), seed {seed} | | | {cosine:.5f} | {probe:.4f} | "
+                  f"{(probe - base) * 100:+.2f} |", flush=True)
 
 
 if __name__ == "__main__":
