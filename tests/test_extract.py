@@ -249,14 +249,20 @@ def _with_random_norm_statistics(model):
     return model.eval()
 
 
-@pytest.mark.parametrize("name, folded", [("resnet18", 20), ("densenet121", 59)])
-def test_batch_norms_fold_into_their_convolutions_only_where_the_conv_feeds_them(name, folded):
-    model = _with_random_norm_statistics(torchvision.models.get_model(name, weights=None))
+@pytest.mark.parametrize("name, folded, left", [("resnet18", 20, 0), ("densenet121", 59, 62),
+                                                ("efficientnet_lite0", 49, 0)])
+def test_batch_norms_fold_into_their_convolutions_only_where_the_conv_feeds_them(name, folded, left):
+    """DenseNet: the norms that read a concatenation stay. Lite0: timm's BatchNormAct2d (norm and ReLU6 in one
+    module) gives up its norm and keeps its activation."""
+    model = (create_backbone(name, "none").model if name.startswith("efficientnet")
+             else torchvision.models.get_model(name, weights=None))
+    model = _with_random_norm_statistics(model)
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = model(images)
-        assert fold_batch_norms(model) == folded  # DenseNet: the norms that read a concatenation stay
+        assert fold_batch_norms(model) == folded
         torch.testing.assert_close(model(images), before, rtol=1e-4, atol=1e-4)
+    assert sum(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules()) == left
 
 
 @pytest.mark.parametrize("size", [64, 65])
