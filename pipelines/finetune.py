@@ -33,7 +33,8 @@ from extract.backbones import DEFAULT_BACKBONE, Preprocess, block_names, create_
 from extract.datasets import BadImageError, Dataset, Split, resolve_dataset
 from extract.distributed import World, world
 from extract.errors import UsageError
-from extract.features import default_workers, keep_freed_memory, normalize, resize_and_crop, resolve_device
+from extract.features import default_workers, keep_freed_memory, resolve_device
+from extract.pixels import normalize, resize_and_crop
 
 MODES = ("head", "partial", "full", "scratch")
 OPTIMIZERS = ("sgd", "adamw")

@@ -6,7 +6,8 @@ import torch
 
 from extract.backbones import create_backbone, file_sha256, penultimate_layer
 from extract.errors import UsageError
-from extract.features import ExtractionSettings, Extractor, FeatureModel, normalize, resize_and_crop
+from extract.features import ExtractionSettings, Extractor, FeatureModel
+from extract.pixels import normalize, resize_and_crop
 
 
 def imagenet_top1(backbone, image) -> str:
