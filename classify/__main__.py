@@ -11,7 +11,7 @@ import numpy as np
 from classify.cluster import BACKENDS
 from classify.evaluate import format_confusion
 from classify.heads import DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS
-from extract.errors import run_cli
+from extract.errors import exit_cli
 from extract.run import DEFAULT_CACHE_DIR
 from extract.store import latest_cache
 
@@ -109,4 +109,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_cli(main)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from extract.distributed import shutdown, world
-from extract.errors import run_cli
+from extract.errors import exit_cli
 from extract.features import COMPILE_MIN_IMAGES, COMPILE_MODES, DEFAULT_LAYER, POOLS, PRECISIONS, ExtractionSettings
 from extract.run import DEFAULT_CACHE_DIR, ExtractRequest, extract_to_cache
 
@@ -112,4 +112,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_cli(main)

@@ -7,7 +7,7 @@ import json
 import sys
 
 from extract.backbones import DEFAULT_BACKBONE
-from extract.errors import run_cli
+from extract.errors import exit_cli
 from extract.features import ExtractionSettings
 from extract.run import DEFAULT_CACHE_DIR
 from pipelines.advise import LARGE_PER_CLASS, MIN_CONFIDENCE, MIN_TOP_LAYER_MARGIN, PROBE_PER_CLASS
@@ -175,4 +175,4 @@ def run_advise(args: argparse.Namespace, slug: str, log) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_cli(main)

@@ -1,3 +1,4 @@
+import gc
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from conftest import QUICK, REPO, run
 from extract.__main__ import main
 from extract.backbones import create_backbone
 from extract.datasets import load_image, resolve_dataset
+from extract.errors import UsageError, exit_cli
 from extract.features import ExtractionSettings, Extractor, StaticSamePadConv, fold_batch_norms, static_same_padding
 from extract.store import open_cache
 
@@ -149,6 +151,18 @@ def test_cli_exit_code_and_no_traceback_as_a_process(tmp_path):
     result = subprocess.run([sys.executable, "-m", "extract", "resnet81", "examples/cifar10-mini",
                              "--cache-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "unknown backbone" in result.stderr
+
+
+def test_exit_cli_exits_with_the_code_and_sets_the_imports_aside_from_collections():
+    def bad_input(_argv):
+        raise UsageError("no such thing")
+
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            exit_cli(bad_input)
+        assert exit_info.value.code == 2 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # the test process goes on
 
 
 def test_help_explains_the_commands():
