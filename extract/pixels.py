@@ -60,19 +60,20 @@ def resize_or_defer(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
 
 def stack_at_crop(images: list[torch.Tensor], preprocess: Preprocess) -> torch.Tensor:
     """uint8 NCHW at the crop size from `resize_or_defer`'s images, enlarging the small ones of each size at once."""
-    crop = preprocess.crop_size
+    crop = (preprocess.crop_size, preprocess.crop_size)
     by_size: dict[tuple[int, int], list[int]] = {}
     for index, image in enumerate(images):
-        if image.shape[1:] != (crop, crop):
-            by_size.setdefault(tuple(image.shape[1:]), []).append(index)
-    if not by_size:
-        return torch.stack(images)
-    batch = torch.empty(len(images), images[0].shape[0], crop, crop, dtype=torch.uint8)
-    for index, image in enumerate(images):
-        if image.shape[1:] == (crop, crop):
-            batch[index] = image
-    for indices in by_size.values():
-        batch[indices] = enlarge(torch.stack([images[i] for i in indices]), preprocess)
+        by_size.setdefault(tuple(image.shape[1:]), []).append(index)
+
+    def at_crop(size: tuple[int, int], group: torch.Tensor) -> torch.Tensor:
+        return group if size == crop else enlarge(group, preprocess)
+
+    if len(by_size) == 1:  # the usual batch: all one size
+        (size,) = by_size
+        return at_crop(size, torch.stack(images))
+    batch = torch.empty(len(images), images[0].shape[0], *crop, dtype=torch.uint8)
+    for size, indices in by_size.items():
+        batch[indices] = at_crop(size, torch.stack([images[i] for i in indices]))
     return batch
 
 
@@ -81,28 +82,27 @@ def enlarge(small: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     each (short side to the crop size, centre crop), as PIL computes it: rows first, rounded to bytes, then columns."""
     height, width = small.shape[-2:]
     crop = preprocess.crop_size
-    # torchvision's resized size (the short side to `crop`, the long side scaled and truncated) and centre crop
+    # torchvision's resized size: the short side to `crop`, the long side scaled and truncated
     scaled_height, scaled_width = (int(crop * height / width), crop) if width <= height else \
         (crop, int(crop * width / height))
-    rows = _resampling_matrix(width, scaled_width, int(round((scaled_width - crop) / 2.0)), crop,
-                              preprocess.interpolation)
-    columns = _resampling_matrix(height, scaled_height, int(round((scaled_height - crop) / 2.0)), crop,
-                                 preprocess.interpolation)
+    rows = _resampling_matrix(width, scaled_width, crop, preprocess.interpolation)
+    columns = _resampling_matrix(height, scaled_height, crop, preprocess.interpolation)
     wide = torch.matmul(small.float(), rows.T).add_(0.5).clamp_(0, 255).floor_()  # PIL rounds half up, to bytes
     return torch.matmul(columns, wide).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 @lru_cache(maxsize=64)
-def _resampling_matrix(size_in: int, size_out: int, start: int, length: int, interpolation: str) -> torch.Tensor:
-    """Rows start..start+length of PIL's (size_out, size_in) resampling matrix (Pillow's Resample.c,
+def _resampling_matrix(size_in: int, size_out: int, crop: int, interpolation: str) -> torch.Tensor:
+    """The centre `crop` rows of PIL's (size_out, size_in) resampling matrix (Pillow's Resample.c,
     precompute_coeffs and normalize_coeffs_8bpc): each output pixel's normalised filter weights, in fixed point."""
+    start = int(round((size_out - crop) / 2.0))  # torchvision's center_crop offset
     kernel, support = FILTERS[interpolation]
     scale = size_in / size_out
     filter_scale = max(scale, 1.0)
     support *= filter_scale
     one = 1 << PIL_PRECISION_BITS
-    matrix = torch.zeros(length, size_in, dtype=torch.float64)
-    for row, out in enumerate(range(start, start + length)):
+    matrix = torch.zeros(crop, size_in, dtype=torch.float64)
+    for row, out in enumerate(range(start, start + crop)):
         center = (out + 0.5) * scale
         first = max(int(center - support + 0.5), 0)
         last = min(int(center + support + 0.5), size_in)
