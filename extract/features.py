@@ -12,7 +12,7 @@ import ctypes
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -434,11 +434,19 @@ def _collate(items: list, preprocess: Preprocess) -> tuple[torch.Tensor | None, 
 class ExtractionSettings:
     """How to run the backbone: these change speed only, except precision, which is part of the cache key."""
 
-    batch_size: int = 64
+    batch_size: int | None = None  # None: default_batch_size(device)
     device: str = "auto"
     precision: str = "fp32"
     workers: int | None = None
     compile: str = "auto"
+
+
+def default_batch_size(device: torch.device) -> int:
+    """16 images on a CPU, where a batch's activations stay closer to the caches: the models alone, compiled, fp32,
+    2 cores, batch 16 against 64: efficientnet_lite0 253-283 against 241-244 images/s, resnet18 103.5 against 98.4,
+    mobilenet_v3_large 402 against 385, convnext_tiny 29.6 against 28.4, resnet50 43.4 against 42.6 (bf16: 228 against
+    227). 64 on a GPU, which needs large batches to be busy."""
+    return 16 if device.type == "cpu" else 64
 
 
 def default_workers() -> int:
@@ -455,13 +463,13 @@ class Extractor:
                  layers: str = DEFAULT_LAYER):
         if settings.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {settings.precision!r}")
-        if settings.batch_size < 1:
+        if settings.batch_size is not None and settings.batch_size < 1:
             raise UsageError(f"--batch-size must be 1 or more, not {settings.batch_size}")
         if settings.compile not in COMPILE_MODES:
             raise UsageError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {settings.compile!r}")
         self.backbone = backbone
-        self.settings = settings
         self.device = resolve_device(settings.device)
+        self.settings = replace(settings, batch_size=settings.batch_size or default_batch_size(self.device))
         keep_freed_memory()
         self.precision = resolve_precision(settings.precision, self.device)
         self.model = FeatureModel(backbone.model, pool, layers).to(self.device).to(memory_format=torch.channels_last)

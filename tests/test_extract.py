@@ -16,7 +16,14 @@ from extract.__main__ import main
 from extract.backbones import create_backbone
 from extract.datasets import load_image, resolve_dataset
 from extract.errors import UsageError, exit_cli
-from extract.features import ExtractionSettings, Extractor, StaticSamePadConv, fold_batch_norms, static_same_padding
+from extract.features import (
+    ExtractionSettings,
+    Extractor,
+    StaticSamePadConv,
+    default_batch_size,
+    fold_batch_norms,
+    static_same_padding,
+)
 from extract.store import open_cache
 
 
@@ -55,6 +62,13 @@ def test_cached_features_equal_a_direct_forward_pass_in_order(lite_cache, sample
     direct = extractor.images([load_image(sample_dir / ids[i], ids[i]) for i in picked])
     assert extractor.prepared
     np.testing.assert_allclose(direct, features[picked], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_size_defaults_to_the_device_and_a_given_one_is_kept():
+    backbone = create_backbone("efficientnet_lite0", image_size=64)
+    assert Extractor(backbone, "avg", ExtractionSettings(device="cpu")).settings.batch_size == 16
+    assert Extractor(backbone, "avg", ExtractionSettings(batch_size=5)).settings.batch_size == 5
+    assert default_batch_size(torch.device("cuda")) == 64
 
 
 def test_rerun_reuses_the_cache_and_force_recomputes(lite_cache, sample_dir, capsys):
