@@ -30,9 +30,10 @@ from extract.pixels import normalize, resize_or_defer, stack_at_crop
 POOLS = ("avg", "max", "avgmax")
 COMPILE_MODES = ("auto", "on", "off")
 # torch.compile's start-up (about 5 s with torch's compiler cache warm) against its faster batches: efficientnet_lite0
-# fp32 on the 2-core CPU, whole `python -m extract` process, --compile on against off: 2,510 images 25.2 against
-# 20.9 s, 5,010 38.2/39.5 against 36.3/38.8 s, 7,510 54.5 against 56.4 s, 10,010 65.7/67.2 against 70.0/71.5 s
-COMPILE_MIN_IMAGES = 6000
+# fp32 on the 2-core CPU, batch 16, whole `python -m extract` process, --compile on against off: 3,510 images
+# 20.1/21.6 against 21.0/20.9 s, 4,510 24.0/25.8 against 26.0/25.8 s (at batch 64 it broke even between 5,000 and
+# 7,500 images)
+COMPILE_MIN_IMAGES = 4500
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_LAYER = "penultimate"
 
