@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "at cosine 0.998 to fp32), else fp32; part of the cache key")
     parser.add_argument("--compile", choices=COMPILE_MODES, default="auto",
                         help=f"torch.compile the backbone: auto (default) does it from {COMPILE_MIN_IMAGES} images, "
-                             "where its start-up time (about 15 s) pays back; same features either way")
+                             "where its start-up time (5-10 s) pays back; same features either way")
     parser.add_argument("--workers", type=int, default=None,
                         help="image-decoding processes (default: 0 on 2 cores or fewer, else cores - 1, up to 8)")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where feature files go (default: cache/)")
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may come between BACKBONE and DATASET
     if args.list:
         from extract.catalog import backbone_table, format_table
 

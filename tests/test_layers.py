@@ -10,7 +10,7 @@ import torch
 from conftest import QUICK, run
 
 from classify.heads import LayerSelector
-from extract.backbones import create_backbone, feature_layers
+from extract.backbones import LayerPoint, create_backbone, feature_layers
 from extract.datasets import resolve_dataset
 from extract.features import ExtractionSettings, Extractor, FeatureModel, layer_graph
 from extract.store import open_cache
@@ -24,6 +24,9 @@ def test_stages_are_named_by_stride_across_architectures():
     assert list(lite) == list(resnet) == ["stage1", "stage2", "stage3", "stage4", "penultimate", "logits"]
     assert resnet["stage2"].module == "layer1.1" and resnet["stage4"].module == "layer3.1"
     assert lite["stage4"].module == "blocks.4" and lite["penultimate"].module == "global_pool.pool"
+    maxvit = feature_layers(create_backbone("maxvit_t", weights="none").model)  # stages held in a ModuleList
+    assert [(name, point.module) for name, point in maxvit.items() if name.startswith("stage")] == [
+        ("stage1", "stem.1"), ("stage2", "blocks.0"), ("stage3", "blocks.1"), ("stage4", "blocks.2")]
 
 
 @pytest.mark.parametrize(("name", "layers", "pool"), [
@@ -31,12 +34,24 @@ def test_stages_are_named_by_stride_across_architectures():
     ("densenet121", "stage3,penultimate", "avg"),  # its penultimate is the classifier's input, after a functional pool
     ("efficientnet_lite0", "all,logits", "avgmax"),  # timm: modules that do not trace stay calls
     ("mobilenet_v3_small", "stage2", "max"),
+    ("swin_t", "stage2,stage4,penultimate", "avgmax"),  # stages in (N, H, W, C) layout
 ])
 @torch.no_grad()
 def test_one_graph_computes_what_the_hooks_capture(name, layers, pool):
     model = FeatureModel(create_backbone(name, weights="none", image_size=64).model, pool, layers).eval()
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert torch.equal(model.as_graph()(images), model(images))
+
+
+@torch.no_grad()
+def test_channels_last_stages_are_pooled_over_their_height_and_width():
+    model = create_backbone("swin_t", weights="none", image_size=64).model
+    assert feature_layers(model)["stage2"] == LayerPoint("features.1", False, True, channels_last=True)
+    captured = {}
+    model.features[1].register_forward_hook(lambda module, inputs, output: captured.update(map=output))
+    features = FeatureModel(model, "avgmax", "stage2")(torch.randn(2, 3, 64, 64))
+    assert captured["map"].shape == (2, 16, 16, 96) and features.shape == (2, 192)
+    assert torch.equal(features, torch.cat([captured["map"].mean((1, 2)), captured["map"].amax((1, 2))], 1))
 
 
 def test_the_graph_stops_at_the_deepest_layer_and_untraceable_models_have_none():
