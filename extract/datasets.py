@@ -20,6 +20,7 @@ from extract.errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 TEST_SPLIT_NAMES = ("test", "val")
+HELD_OUT_FRACTION = 0.25  # of each class, for a folder without a test split (as for digits)
 
 
 class BadImageError(Exception):
@@ -97,6 +98,7 @@ class Dataset:
     fingerprint: str
     source: str = ""
     limit_per_class: int | None = None
+    note: str = ""  # how the splits were made, where the user did not make them
 
     @property
     def slug(self) -> str:
@@ -115,34 +117,65 @@ class _FolderSource:
         return load_image(self.root / self.files[index], self.files[index])
 
 
-def _class_folders(split_dir: Path) -> dict[str, list[str]]:
+def _class_folders(split_dir: Path, root: Path) -> dict[str, list[str]]:
+    """Class name -> its image files (searched recursively), as paths relative to the dataset's root."""
     classes = {}
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(str(f.relative_to(split_dir.parent)) for f in class_dir.rglob("*")
+        files = sorted(str(f.relative_to(root)) for f in class_dir.rglob("*")
                        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
         classes[class_dir.name] = files
     return classes
 
 
+def _check_classes(classes: dict[str, list[str]], where: Path) -> None:
+    if len(classes) < 2:
+        raise UsageError(f"{where} holds {len(classes)} class folder(s); a classifier needs at least 2")
+    empty = [c for c, files in classes.items() if not files]
+    if empty:
+        raise UsageError(f"class folder(s) {', '.join(empty)} in {where} hold no images "
+                         f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+
+
+def hold_out(classes: dict[str, list[str]], fraction: float = HELD_OUT_FRACTION) -> tuple[dict, dict]:
+    """Split each class's files into (train, test): the `fraction` (at least one file) whose paths hash lowest go to
+    test. No random state, so the same files give the same split anywhere, and adding images to a class moves at
+    most one earlier file across the line."""
+    train, test = {}, {}
+    for name, files in classes.items():
+        if len(files) < 2:
+            raise UsageError(f"class folder {name} holds 1 image; holding out test images needs 2 or more per class")
+        by_hash = sorted(files, key=lambda file: hashlib.sha256(file.encode()).hexdigest())
+        cut = max(1, round(len(files) * fraction))
+        test[name], train[name] = sorted(by_hash[:cut]), sorted(by_hash[cut:])
+    return train, test
+
+
 def _folder_dataset(root: Path, limit_per_class: int | None) -> Dataset:
+    """root/{train,test or val}/<class>/*; or, without a test split, root/train/<class>/* or root/<class>/* with
+    a held-out test split (`hold_out`)."""
     if not root.is_dir():
-        raise UsageError(f"dataset folder {root} does not exist; give a folder with train/ and test/ inside")
+        raise UsageError(f"dataset folder {root} does not exist; give a folder of class folders, or with train/ and "
+                         "test/ inside")
     test_name = next((n for n in TEST_SPLIT_NAMES if (root / n).is_dir()), None)
-    if not (root / "train").is_dir() or test_name is None:
-        raise UsageError(f"{root} needs a train/ and a test/ (or val/) subfolder, each with one folder per class")
-    train, test = _class_folders(root / "train"), _class_folders(root / test_name)
-    if set(train) != set(test):
-        only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
-        raise UsageError(f"class folders differ between train/ and {test_name}/ in {root} "
-                         f"(only in train: {only_train or '-'}; only in {test_name}: {only_test or '-'}); "
-                         "make both hold the same class folders")
-    if len(train) < 2:
-        raise UsageError(f"{root}/train holds {len(train)} class folder(s); a classifier needs at least 2")
-    for split_name, classes in (("train", train), (test_name, test)):
-        empty = [c for c, files in classes.items() if not files]
-        if empty:
-            raise UsageError(f"class folder(s) {', '.join(empty)} in {root / split_name} hold no images "
-                             f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+    note = ""
+    if (root / "train").is_dir() and test_name:
+        train, test = _class_folders(root / "train", root), _class_folders(root / test_name, root)
+        if set(train) != set(test):
+            only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+            raise UsageError(f"class folders differ between train/ and {test_name}/ in {root} "
+                             f"(only in train: {only_train or '-'}; only in {test_name}: {only_test or '-'}); "
+                             "make both hold the same class folders")
+        _check_classes(train, root / "train")
+        _check_classes(test, root / test_name)
+    elif test_name:
+        raise UsageError(f"{root} has a {test_name}/ but no train/ folder; add train/ with one folder per class")
+    else:
+        labelled = root / "train" if (root / "train").is_dir() else root
+        classes = _class_folders(labelled, root)
+        _check_classes(classes, labelled)
+        train, test = hold_out(classes)
+        note = (f"no test/ or val/ folder in {root}: {HELD_OUT_FRACTION:.0%} of each class held out as the test "
+                "split (chosen by a hash of the file names: the same files every run)")
     class_names = sorted(train)
     splits, digest = {}, hashlib.sha256()
     for split_name, classes in (("train", train), ("test", test)):
@@ -155,7 +188,7 @@ def _folder_dataset(root: Path, limit_per_class: int | None) -> Dataset:
             stat = (root / file).stat()
             digest.update(f"{file}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
         splits[split_name] = Split(split_name, files, np.asarray(labels, dtype=np.int64), _FolderSource(root, files))
-    return Dataset(root.resolve().name, class_names, splits, digest.hexdigest())
+    return Dataset(root.resolve().name, class_names, splits, digest.hexdigest(), note=note)
 
 
 # ---- torchvision datasets ------------------------------------------------------------------------------------
@@ -222,7 +255,7 @@ def _torchvision_dataset(name: str, data_root: Path, limit_per_class: int | None
         except Exception as error:  # offline downloads fail with many types; all mean the same to the user
             raise UsageError(f"dataset {name} is not under {data_root / name} and could not be downloaded "
                              f"({str(error).splitlines()[0][:160]}); connect once, pass --data-root to where it "
-                             "is, or give an image folder with train/ and test/") from None
+                             "is, or give an image folder of class folders") from None
         labels = _torchvision_labels(dataset)
         indices = _first_per_class(labels, limit_per_class)
         labels = labels[indices]
@@ -290,4 +323,4 @@ def _unknown_dataset(spec: str, key: str) -> NoReturn:
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise UsageError(f"unknown dataset {spec!r}: {hint}give one of {', '.join(names)}, "
-                     "or a folder with train/ and test/ subfolders")
+                     "or a folder of class folders (or of train/ and test/ holding them)")

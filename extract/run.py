@@ -96,6 +96,8 @@ def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print
     parts into the one entry a single process would have written."""
     ranks = world(request.settings.device)
     dataset = resolve_dataset(request.dataset, request.data_root, request.limit_per_class)
+    if dataset.note and ranks.is_main:
+        log(dataset.note)
     backbone = create_backbone(request.backbone, request.weights, request.image_size)
     extractor = Extractor(backbone, request.pool, request.settings, request.layers)
     attrs = provenance(dataset, backbone, extractor, request.pool)

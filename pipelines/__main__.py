@@ -46,7 +46,7 @@ Thresholds and their calibration: docs/advisor.md.
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("backbone", help="backbone name, as for python -m extract")
-    parser.add_argument("dataset", help="dataset name or folder with train/ and test/, as for python -m extract")
+    parser.add_argument("dataset", help="dataset name or image folder, as for python -m extract")
     parser.add_argument("--weights", default=None, help="as for python -m extract (default: pretrained)")
     parser.add_argument("--unfreeze-from", default=None, metavar="BLOCK",
                         help="first block to train in --mode partial (an unknown name lists the blocks)")
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     advise = commands.add_parser(
         "advise", help="measure a dataset's size and similarity to ImageNet; recommend (and --run) a strategy",
         description=ADVISE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    advise.add_argument("dataset", help="dataset name or folder with train/ and test/, as for python -m extract")
+    advise.add_argument("dataset", help="dataset name or image folder, as for python -m extract")
     advise.add_argument("--backbone", default=DEFAULT_BACKBONE)
     advise.add_argument("--image-size", type=int, default=None)
     advise.add_argument("--probe-per-class", type=int, default=PROBE_PER_CLASS, metavar="N",

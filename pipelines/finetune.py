@@ -340,6 +340,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
         log = lambda message: None  # noqa: E731
     torch.manual_seed(config.seed)
     dataset = dataset or resolve_dataset(config.dataset, config.data_root, config.limit_per_class)
+    if dataset.note:
+        log(dataset.note)
     device = resolve_device(config.device)
     keep_freed_memory()
     if device.type == "cuda":

@@ -14,7 +14,7 @@ from conftest import QUICK, REPO, run
 
 from extract.__main__ import main
 from extract.backbones import create_backbone
-from extract.datasets import load_image, resolve_dataset
+from extract.datasets import hold_out, load_image, resolve_dataset
 from extract.errors import UsageError, exit_cli
 from extract.features import (
     ExtractionSettings,
@@ -159,9 +159,38 @@ def test_folder_layout_mistakes_are_named(layout, message, tmp_path, sample_dir,
 
 
 def test_split_folder_missing(tmp_path, capsys):
-    (tmp_path / "photos" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "photos" / "val" / "a").mkdir(parents=True)
     code, _, err = run(main, ["efficientnet_lite0", str(tmp_path / "photos")], capsys)
-    assert code == 2 and "needs a train/ and a test/ (or val/)" in err
+    assert code == 2 and "has a val/ but no train/ folder" in err
+    (tmp_path / "photos" / "val").rename(tmp_path / "photos" / "train")
+    code, _, err = run(main, ["efficientnet_lite0", str(tmp_path / "photos")], capsys)
+    assert code == 2 and "holds 1 class folder(s); a classifier needs at least 2" in err
+
+
+@pytest.mark.parametrize("layout", ["<class>", "train/<class>"])
+def test_a_folder_without_a_test_split_holds_out_a_quarter_of_each_class(layout, sample_dir, tmp_path, capsys):
+    root = tmp_path / "photos"
+    labelled = root / "train" if layout == "train/<class>" else root
+    shutil.copytree(sample_dir / "train", labelled)  # 30 images in each of 10 classes
+    code, out, err = run(main, ["efficientnet_lite0", str(root), "--cache-dir", str(tmp_path / "c"),
+                                "--image-size", "64", "--workers", "0"], capsys)
+    assert code == 0 and "25% of each class held out as the test split" in err
+    cache = open_cache(out.strip())
+    train, test = cache.load("train"), cache.load("test")
+    assert np.bincount(train[1]).tolist() == [22] * 10 and np.bincount(test[1]).tolist() == [8] * 10
+    assert not set(train[2]) & set(test[2]) and len(set(train[2]) | set(test[2])) == 300
+
+    again = resolve_dataset(str(root))
+    assert again.splits["test"].ids == list(test[2]) and again.fingerprint == cache.attrs["dataset_fingerprint"]
+    # one more image in a class: at most one earlier file changes sides
+    shutil.copy(labelled / "cat" / "0000.jpg", labelled / "cat" / "extra.jpg")
+    grown = resolve_dataset(str(root)).splits["test"].ids
+    assert len(set(test[2]) - set(grown)) <= 1
+
+
+def test_holding_out_needs_two_images_per_class():
+    with pytest.raises(UsageError, match="class folder b holds 1 image; holding out test images needs 2 or more"):
+        hold_out({"a": ["a/1.jpg", "a/2.jpg"], "b": ["b/1.jpg"]})
 
 
 def test_cli_exit_code_and_no_traceback_as_a_process(tmp_path):
