@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "classes in memory: (n_a + n_b)^2 x 8 bytes)")
     predict = commands.add_parser("predict", help="classify image files with a saved head")
     predict.add_argument("model_file", help="a .joblib written by a training command")
-    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("images", nargs="+", help="image files, or folders (every image under them)")
     predict.add_argument("--device", default="auto")
     return parser
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         from classify.predict import predict_images
 
         for path, label in predict_images(args.model_file, args.images, device=args.device):
-            print(f"{path}\t{label}")
+            print(f"{path}\t{label}", flush=True)
         return 0
 
     from classify.train import train_head

@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from classify.models import load_model
 from extract.backbones import create_backbone
-from extract.datasets import BadImageError, load_image
+from extract.datasets import IMAGE_EXTENSIONS, BadImageError, images_under, load_image
 from extract.errors import UsageError
 from extract.features import ExtractionSettings, Extractor
 
 
-def predict_images(model_path: str | Path, image_paths: list[str], device: str = "auto",
-                   batch_size: int = 32) -> list[tuple[str, str]]:
-    """(path, predicted class name) for each image, in order."""
+def image_files(paths: list[str]) -> list[str]:
+    """The files as given, and each folder as the images under it (recursively, sorted), checked before any work."""
+    files = []
+    for path in paths:
+        if Path(path).is_dir():
+            found = [str(file) for file in images_under(Path(path))]
+            if not found:
+                raise UsageError(f"folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            files += found
+        elif Path(path).is_file():
+            files.append(path)
+        else:
+            raise UsageError(f"image {path} does not exist; give image files or folders of them")
+    return files
+
+
+def predict_images(model_path: str | Path, paths: list[str], device: str = "auto",
+                   batch_size: int = 32) -> Iterator[tuple[str, str]]:
+    """(path, predicted class name) for each image, in order, a batch at a time (memory stays flat however many
+    images there are); folders stand for the images under them."""
     model, metadata = load_model(model_path)
     source = metadata["provenance"]
+    files = image_files(paths)
     backbone = create_backbone(source["backbone"], source["weights"], int(source["image_size"]))
     if backbone.weights_sha256 != source["weights_sha256"]:
         raise UsageError(f"the {source['backbone']} weights ({source['weights']}) differ from those the model was "
@@ -27,17 +46,11 @@ def predict_images(model_path: str | Path, image_paths: list[str], device: str =
         raise UsageError("this backbone's preprocessing changed since the model was trained; train it again")
     extractor = Extractor(backbone, source["pool"], ExtractionSettings(device=device, precision=source["precision"]),
                           layers=source["layer"])
-    images = []
-    for path in image_paths:
-        if not Path(path).is_file():
-            raise UsageError(f"image {path} does not exist; give paths to image files")
+    names = metadata["class_names"]
+    for start in range(0, len(files), batch_size):
+        batch = files[start:start + batch_size]
         try:
-            images.append(load_image(path, path))
+            images = [load_image(path, path) for path in batch]
         except BadImageError as error:
             raise UsageError(f"cannot read image {error}") from None
-    names = metadata["class_names"]
-    predictions = []
-    for start in range(0, len(images), batch_size):
-        labels = model.predict(extractor.images(images[start:start + batch_size]))
-        predictions += [names[int(label)] for label in labels]
-    return list(zip(image_paths, predictions, strict=True))
+        yield from zip(batch, (names[int(label)] for label in model.predict(extractor.images(images))), strict=True)

@@ -117,13 +117,16 @@ class _FolderSource:
         return load_image(self.root / self.files[index], self.files[index])
 
 
+def images_under(folder: Path) -> list[Path]:
+    """The image files under a folder, searched recursively, sorted."""
+    return sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def _class_folders(split_dir: Path, root: Path) -> dict[str, list[str]]:
-    """Class name -> its image files (searched recursively), as paths relative to the dataset's root."""
+    """Class name -> its image files, as paths relative to the dataset's root."""
     classes = {}
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(str(f.relative_to(root)) for f in class_dir.rglob("*")
-                       if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        classes[class_dir.name] = files
+        classes[class_dir.name] = sorted(str(f.relative_to(root)) for f in images_under(class_dir))
     return classes
 
 

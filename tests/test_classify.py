@@ -53,6 +53,23 @@ def test_predict_new_images_uses_the_recorded_backbone(trained, cache_copy, samp
     assert [line.split("\t")[1] for line in out.strip().splitlines()] == expected
 
 
+def test_predict_takes_folders_and_checks_every_path_first(trained, cache_copy, sample_dir, tmp_path, capsys):
+    features, _, ids = open_cache(cache_copy).load("test")
+    model, metadata = load_model(trained.model_file)
+    cats = [i for i, sample in enumerate(ids) if sample.startswith("test/cat/")]
+    expected = [metadata["class_names"][int(i)] for i in model.predict(features[cats])]
+    code, out, _ = run(main, ["predict", trained.model_file, str(sample_dir / "test" / "cat")], capsys)
+    assert code == 0
+    lines = [line.split("\t") for line in out.strip().splitlines()]  # every cat in the folder; the cache has a few
+    assert len(lines) == 10 and [path for path, _ in lines[:len(cats)]] == [str(sample_dir / ids[i]) for i in cats]
+    assert [label for _, label in lines[:len(cats)]] == expected
+
+    (tmp_path / "empty").mkdir()
+    for paths, message in (([str(tmp_path / "empty")], "holds no images"), (["no/such.jpg"], "does not exist")):
+        code, out, err = run(main, ["predict", trained.model_file, str(sample_dir / "test" / "cat"), *paths], capsys)
+        assert code == 2 and message in err and out == "", err
+
+
 def test_cli_json_and_plot(cache_copy, capsys):
     code, out, err = run(main, ["svm", str(cache_copy), "--grid", "C=1,10", "--cv", "2", "--n-jobs", "1", "--json"],
                          capsys)
