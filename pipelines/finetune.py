@@ -253,7 +253,7 @@ def _loader(dataset: TorchDataset, config: FinetuneConfig, shuffle: bool, device
             ranks: World) -> DataLoader:
     """Training (shuffle): each rank draws its own part of every epoch's permutation, batch_size / ranks at a
     time, so one step still sees --batch-size images. Evaluation: the rank's own contiguous share, in order."""
-    workers = default_workers() if config.workers is None else config.workers
+    workers = default_workers(device) if config.workers is None else config.workers
     sampler = DistributedSampler(dataset, ranks.size, ranks.rank, shuffle=True, seed=config.seed) \
         if shuffle and ranks.distributed else None
     generator = torch.Generator().manual_seed(config.seed)

@@ -21,6 +21,7 @@ from extract.features import (
     Extractor,
     StaticSamePadConv,
     default_batch_size,
+    default_workers,
     fold_batch_norms,
     static_same_padding,
 )
@@ -69,6 +70,23 @@ def test_batch_size_defaults_to_the_device_and_a_given_one_is_kept():
     assert Extractor(backbone, "avg", ExtractionSettings(device="cpu")).settings.batch_size == 16
     assert Extractor(backbone, "avg", ExtractionSettings(batch_size=5)).settings.batch_size == 5
     assert default_batch_size(torch.device("cuda")) == 64
+
+
+def test_decoding_workers_default_to_the_device_and_give_the_same_features(lite_cache, sample_dir, tmp_path,
+                                                                          monkeypatch, capsys):
+    for cores, on_cpu, on_gpu in ((2, 0, 2), (4, 3, 4), (32, 8, 8)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert (default_workers(torch.device("cpu")), default_workers(torch.device("cuda"))) == (on_cpu, on_gpu)
+    monkeypatch.undo()
+    # the path machines with more than 2 cores take: decoding, resizing and enlarging in 2 worker processes
+    argv = ["efficientnet_lite0", str(sample_dir), "--cache-dir", str(tmp_path), *QUICK]
+    code, out, _ = run(main, [*argv, "--workers", "2"], capsys)
+    assert code == 0
+    ours, theirs = open_cache(out.strip()), open_cache(lite_cache)
+    for split in ("train", "test"):
+        (a, labels_a, ids_a), (b, labels_b, ids_b) = ours.load(split), theirs.load(split)
+        assert list(ids_a) == list(ids_b) and np.array_equal(labels_a, labels_b)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_rerun_reuses_the_cache_and_force_recomputes(lite_cache, sample_dir, capsys):
