@@ -224,7 +224,10 @@ def compile_blocks(model: nn.Module, stop_before: str) -> list[tuple[nn.Module, 
 def conv_batch_norm_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     """(convolution, batch norm) pairs where the batch norm's input is the convolution's output, found by one
     forward pass (module order says nothing about data flow: DenseNet's norms read concatenations). Modules called
-    more than once, and norms that use batch statistics, are left out."""
+    more than once, and norms that use batch statistics, are left out. No pass for a model without batch norms
+    (ViT, Swin, ConvNeXt: a second or more for the large ones)."""
+    if not any(isinstance(module, nn.BatchNorm2d) for module in model.modules()):
+        return []
     outputs: dict[int, tuple[torch.Tensor, nn.Conv2d]] = {}
     pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
     calls: dict[nn.Module, int] = {}
