@@ -109,6 +109,12 @@ def probe_size(model: nn.Module) -> int:
     return model.image_size if isinstance(model, VisionTransformer) else PROBE_SIZE
 
 
+def probe_input(model: nn.Module) -> torch.Tensor:
+    """One black image at `probe_size`, on the model's device: the input of the passes that find layers and pairs."""
+    size = probe_size(model)
+    return torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
+
+
 def _fit_input_size(backbone: Backbone, native: int) -> None:
     """Make the model take the preprocessing's crop size, or say that it cannot, before any image is read.
 
@@ -182,12 +188,12 @@ def feature_layers(model: nn.Module) -> dict[str, LayerPoint]:
     Stages are named by output stride, as timm's feature_info does: `stageK` is the output of the last block whose
     feature map is 2**K times smaller than the input (resnet18: stage2 = layer1.1, ..., stage4 = layer3.1;
     efficientnet_lite0: stage1 = blocks.0, ..., stage4 = blocks.4). A stage whose output is the penultimate
-    layer's input is left out (it would be the same features). Found with one forward pass (`probe_size`) over the
+    layer's input is left out (it would be the same features). Found with one forward pass (`probe_input`) over the
     blocks of `block_names`, so it works the same way for every architecture.
     """
     penultimate, spatial = penultimate_layer(model)
     outputs: list[tuple[str, torch.Tensor]] = []
-    size = probe_size(model)
+    images = probe_input(model)
 
     def record(name: str):
         return lambda module, inputs, output: outputs.append((name, output)) if torch.is_tensor(output) else None
@@ -197,7 +203,7 @@ def feature_layers(model: nn.Module) -> dict[str, LayerPoint]:
         lambda module, inputs: outputs.append((penultimate, inputs[0]))))
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, size, size))
+            model(images)
     finally:
         for hook in hooks:
             hook.remove()
@@ -207,9 +213,9 @@ def feature_layers(model: nn.Module) -> dict[str, LayerPoint]:
     stages: dict[int, tuple[str, torch.Tensor, bool]] = {}
     for name, output in before:
         if output.dim() == 4 and output.shape[2] == output.shape[3] > 1:  # an NCHW feature map
-            stages[round(math.log2(size / output.shape[2]))] = name, output, False
+            stages[round(math.log2(images.shape[-1] / output.shape[2]))] = name, output, False
         elif output.dim() == 4 and output.shape[1] == output.shape[2] > 1:  # NHWC, as Swin's blocks give
-            stages[round(math.log2(size / output.shape[1]))] = name, output, True
+            stages[round(math.log2(images.shape[-1] / output.shape[1]))] = name, output, True
     points = {f"stage{stride}": LayerPoint(name, reads_input=False, spatial=True, channels_last=channels_last)
               for stride, (name, output, channels_last) in sorted(stages.items()) if output is not penultimate_input}
     return {**points, "penultimate": LayerPoint(penultimate, reads_input=True, spatial=spatial),

@@ -22,7 +22,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from extract.backbones import Backbone, LayerPoint, Preprocess, block_names, feature_layers, probe_size
+from extract.backbones import (
+    Backbone,
+    LayerPoint,
+    Preprocess,
+    block_names,
+    feature_layers,
+    probe_input,
+    probe_size,
+)
 from extract.datasets import BadImageError, Split
 from extract.errors import UsageError
 from extract.pixels import normalize, resize_or_defer, stack_at_crop
@@ -152,8 +160,7 @@ class FeatureModel(nn.Module):
     @torch.no_grad()
     def _layout(self) -> list[tuple[str, int, int]]:
         """(layer, first column, end column) of each layer in the output, from one forward pass."""
-        size = probe_size(self.model)
-        self._run(torch.zeros(1, 3, size, size))
+        self._run(probe_input(self.model))
         layout, start = [], 0
         for name in self.layers:
             width = self._pooled(name).shape[1]
@@ -248,10 +255,9 @@ def conv_batch_norm_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNor
             handles.append(module.register_forward_hook(conv_hook))
         elif isinstance(module, nn.BatchNorm2d) and module.running_mean is not None:
             handles.append(module.register_forward_pre_hook(norm_hook))
-    size = probe_size(model)
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+            model(probe_input(model))
     finally:
         for handle in handles:
             handle.remove()
