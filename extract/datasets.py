@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from extract.errors import UsageError
 
@@ -46,12 +46,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path, sample_id: str) -> Image.Image:
-    """Decode fully (truncated files fail here, not later), refusing decompression bombs."""
+    """Decode fully (truncated files fail here, not later), refusing decompression bombs, and upright: a phone's
+    portrait photo is stored sideways with an EXIF orientation tag, which viewers apply and so does this."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
+                ImageOps.exif_transpose(image, in_place=True)
                 return to_rgb(image)
     except Image.DecompressionBombWarning as error:
         raise BadImageError(sample_id, f"too large to decode safely ({error})") from None

@@ -71,6 +71,7 @@ def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool:
     """The root attributes of a cache entry: everything that decides its features, and how to read them."""
     preprocess = backbone.preprocess.to_dict()
     preprocess["small_images"] = "enlarged to the crop size, not cropped (PIL's filter, float32, a batch at once)"
+    preprocess["orientation"] = "EXIF orientation applied"
     return {
         "dataset": dataset.slug, "dataset_fingerprint": dataset.fingerprint, "class_names": dataset.class_names,
         "backbone": backbone.name, "weights": backbone.weights, "weights_sha256": backbone.weights_sha256,

@@ -101,6 +101,23 @@ def test_unusual_image_modes_become_rgb(mode, tmp_path):
         assert np.abs(np.asarray(loaded)[..., 0].astype(int) - array).max() <= 1
 
 
+@pytest.mark.parametrize("orientation, stored_as", [(6, "ROTATE_90"), (8, "ROTATE_270"), (3, "ROTATE_180")])
+def test_photos_are_loaded_upright_as_their_exif_orientation_says(orientation, stored_as, tmp_path):
+    """A phone stores a portrait photo sideways, with an orientation tag that viewers apply (6: turn 90 degrees
+    clockwise); the model should see it as the user does."""
+    from PIL import Image
+
+    from extract.datasets import load_image
+
+    upright = Image.open(REPO / "examples/cifar10-mini/train/cat/0000.jpg").convert("RGB").resize((64, 48))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    upright.transpose(getattr(Image.Transpose, stored_as)).save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    loaded = load_image(tmp_path / "photo.jpg", "photo")
+    assert loaded.size == (64, 48) and loaded.mode == "RGB"
+    assert np.abs(np.asarray(loaded, dtype=int) - np.asarray(upright, dtype=int)).mean() < 4
+
+
 def test_verify_reports_integrity_and_provenance(lite_cache, tmp_path, sample_dir, capsys):
     code, out, _ = run(main, ["--verify", str(lite_cache)], capsys)
     assert code == 0 and "FAIL" not in out

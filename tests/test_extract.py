@@ -38,7 +38,8 @@ def test_cache_file_describes_itself(lite_cache, sample_dir):
         assert attrs["complete"] and attrs["backbone"] == "efficientnet_lite0"
         assert attrs["layer"] == "penultimate" and attrs["pool"] == "avg" and attrs["image_size"] == 96
         assert len(attrs["weights_sha256"]) == 64 and len(attrs["dataset_fingerprint"]) == 64
-        assert json.loads(attrs["transform"])["mean"] == [0.5, 0.5, 0.5]
+        transform = json.loads(attrs["transform"])
+        assert transform["mean"] == [0.5, 0.5, 0.5] and transform["orientation"] == "EXIF orientation applied"
         assert "torch" in json.loads(attrs["versions"])
         assert not attrs["compiled"]  # a few images: eager (compile pays only from COMPILE_MIN_IMAGES)
         class_names = json.loads(attrs["class_names"])
