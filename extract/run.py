@@ -21,7 +21,7 @@ from extract.datasets import Dataset, resolve_dataset
 from extract.distributed import World, shard, world
 from extract.errors import UsageError
 from extract.features import DEFAULT_LAYER, ExtractionSettings, Extractor
-from extract.store import SUFFIX, CacheLock, CacheWriter, SplitRows, entry_name, merge_parts
+from extract.store import SUFFIX, CacheLock, CacheWriter, SplitRows, entry_name, identity_changes, merge_parts
 
 DEFAULT_CACHE_DIR = "cache"
 
@@ -107,8 +107,10 @@ def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print
         log(f"reusing {path} (same dataset, weights, layer, pooling and transform; --force recomputes)")
         return ExtractResult(path, reused=True)
     for sibling in _stale_siblings(path) if ranks.is_main else ():
-        log(f"not reusing {sibling.name}: the dataset files, weights or library versions differ; "
-            "computing a new entry")
+        changed = identity_changes(sibling, attrs)
+        reason = (f"its {' and '.join(changed)} {'differs' if len(changed) == 1 else 'differ'}" if changed
+                  else "the dataset files, weights or library versions differ")
+        log(f"not reusing {sibling.name}: {reason}; computing a new entry")
     if ranks.distributed:
         return _compute_sharded(dataset, extractor, attrs, path, request.skip_bad, ranks, log)
     with CacheLock(path):

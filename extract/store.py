@@ -60,6 +60,16 @@ def entry_name(attrs: dict) -> str:
     return f"{readable}__{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 
 
+def identity_changes(path: Path, attrs: dict) -> list[str]:
+    """The identity attributes of the entry at `path` that differ from `attrs` (why it is not reused); [] if it
+    cannot be read."""
+    try:
+        with h5py.File(path, "r") as file:
+            return [k for k in IDENTITY_ATTRS if file.attrs.get(k) != _attr_value(attrs[k])]
+    except OSError:
+        return []
+
+
 @dataclass
 class SplitRows:
     """What a split will hold, known before any feature is computed."""

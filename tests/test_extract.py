@@ -110,7 +110,7 @@ def test_changed_dataset_gets_its_own_entry(tmp_path, sample_dir, capsys):
     first = sorted((tmp_path / "cache").glob("*.h5"))
     os.utime(data / "train" / "cat" / "0000.jpg", ns=(1, 1))  # the file changed on disk
     code, _, err = run(main, args, capsys)
-    assert code == 0 and "not reusing" in err and "differ" in err
+    assert code == 0 and "not reusing" in err and "its dataset_fingerprint differs;" in err
     assert len(sorted((tmp_path / "cache").glob("*.h5"))) == len(first) + 1
 
 
