@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
+import pi_heif
 from PIL import Image, ImageOps
 
 from extract.errors import UsageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+pi_heif.register_heif_opener()  # HEIC: the iPhone's photo format (decoding only; AVIF is Pillow's own)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".heic", ".heif",
+                    ".avif")
 TEST_SPLIT_NAMES = ("test", "val")
 HELD_OUT_FRACTION = 0.25  # of each class, for a folder without a test split (as for digits)
 

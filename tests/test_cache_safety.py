@@ -118,6 +118,24 @@ def test_photos_are_loaded_upright_as_their_exif_orientation_says(orientation, s
     assert np.abs(np.asarray(loaded, dtype=int) - np.asarray(upright, dtype=int)).mean() < 4
 
 
+def test_heic_and_avif_photos_are_found_and_read(tmp_path):
+    """HEIC is how iPhones store photos (tests/data/cat.heic: the sample's first cat at 64x48, quality 90)."""
+    from PIL import Image
+
+    from extract.datasets import images_under, load_image
+
+    source = Image.open(REPO / "examples/cifar10-mini/train/cat/0000.jpg").convert("RGB").resize((64, 48))
+    (tmp_path / "cat").mkdir()
+    shutil.copy(REPO / "tests/data/cat.heic", tmp_path / "cat" / "iphone.HEIC")
+    source.save(tmp_path / "cat" / "web.avif", quality=90)
+    found = images_under(tmp_path)
+    assert [path.name for path in found] == ["iphone.HEIC", "web.avif"]
+    for path in found:
+        image = load_image(path, path.name)
+        assert image.mode == "RGB" and image.size == (64, 48)
+        assert np.abs(np.asarray(image, dtype=int) - np.asarray(source, dtype=int)).mean() < 3  # measured: 0.7 and 1.1
+
+
 def test_verify_reports_integrity_and_provenance(lite_cache, tmp_path, sample_dir, capsys):
     code, out, _ = run(main, ["--verify", str(lite_cache)], capsys)
     assert code == 0 and "FAIL" not in out
