@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -103,7 +105,7 @@ class Dataset:
     fingerprint: str
     source: str = ""
     limit_per_class: int | None = None
-    note: str = ""  # how the splits were made, where the user did not make them
+    note: str = ""  # how the splits were made where the user did not make them, and which files were left out
 
     @property
     def slug(self) -> str:
@@ -122,17 +124,35 @@ class _FolderSource:
         return load_image(self.root / self.files[index], self.files[index])
 
 
-def images_under(folder: Path) -> list[Path]:
-    """The image files under a folder, searched recursively, sorted."""
-    return sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+def images_under(folder: Path, left_out: Counter | None = None) -> list[Path]:
+    """The image files under a folder, searched recursively, sorted. Hidden files and folders are skipped (macOS
+    writes a `._NAME.jpg` beside each photo copied to some drives, which is no image); other files are counted by
+    suffix into `left_out`."""
+    images = []
+    for directory, subfolders, files in os.walk(folder):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for path in (Path(directory, name) for name in files if not name.startswith(".")):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                if path.is_file():  # not a broken link
+                    images.append(path)
+            elif left_out is not None:
+                left_out[path.suffix.lower() or "no suffix"] += 1
+    return sorted(images)
 
 
-def _class_folders(split_dir: Path, root: Path) -> dict[str, list[str]]:
-    """Class name -> its image files, as paths relative to the dataset's root."""
+def _class_folders(split_dir: Path, root: Path, left_out: Counter) -> dict[str, list[str]]:
+    """Class name -> its image files, as paths relative to the dataset's root; other files counted in `left_out`."""
     classes = {}
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        classes[class_dir.name] = sorted(str(f.relative_to(root)) for f in images_under(class_dir))
+        classes[class_dir.name] = sorted(str(f.relative_to(root)) for f in images_under(class_dir, left_out))
     return classes
+
+
+def _left_out_note(left_out: Counter) -> str:
+    if not left_out:
+        return ""
+    kinds = ", ".join(f"{suffix} ({count})" for suffix, count in sorted(left_out.items(), key=lambda x: (-x[1], x[0])))
+    return f"left out {left_out.total()} files that are not images this tool reads: {kinds}"
 
 
 def _check_classes(classes: dict[str, list[str]], where: Path) -> None:
@@ -165,9 +185,9 @@ def _folder_dataset(root: Path, limit_per_class: int | None) -> Dataset:
         raise UsageError(f"dataset folder {root} does not exist; give a folder of class folders, or with train/ and "
                          "test/ inside")
     test_name = next((n for n in TEST_SPLIT_NAMES if (root / n).is_dir()), None)
-    note = ""
+    notes, left_out = [], Counter()
     if (root / "train").is_dir() and test_name:
-        train, test = _class_folders(root / "train", root), _class_folders(root / test_name, root)
+        train, test = _class_folders(root / "train", root, left_out), _class_folders(root / test_name, root, left_out)
         if set(train) != set(test):
             only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
             raise UsageError(f"class folders differ between train/ and {test_name}/ in {root} "
@@ -179,11 +199,11 @@ def _folder_dataset(root: Path, limit_per_class: int | None) -> Dataset:
         raise UsageError(f"{root} has a {test_name}/ but no train/ folder; add train/ with one folder per class")
     else:
         labelled = root / "train" if (root / "train").is_dir() else root
-        classes = _class_folders(labelled, root)
+        classes = _class_folders(labelled, root, left_out)
         _check_classes(classes, labelled)
         train, test = hold_out(classes)
-        note = (f"no test/ or val/ folder in {root}: {HELD_OUT_FRACTION:.0%} of each class held out as the test "
-                "split (chosen by a hash of the file names: the same files every run)")
+        notes.append(f"no test/ or val/ folder in {root}: {HELD_OUT_FRACTION:.0%} of each class held out as the test "
+                     "split (chosen by a hash of the file names: the same files every run)")
     class_names = sorted(train)
     splits, digest = {}, hashlib.sha256()
     for split_name, classes in (("train", train), ("test", test)):
@@ -196,7 +216,8 @@ def _folder_dataset(root: Path, limit_per_class: int | None) -> Dataset:
             stat = (root / file).stat()
             digest.update(f"{file}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
         splits[split_name] = Split(split_name, files, np.asarray(labels, dtype=np.int64), _FolderSource(root, files))
-    return Dataset(root.resolve().name, class_names, splits, digest.hexdigest(), note=note)
+    notes.append(_left_out_note(left_out))
+    return Dataset(root.resolve().name, class_names, splits, digest.hexdigest(), note="\n".join(filter(None, notes)))
 
 
 # ---- torchvision datasets ------------------------------------------------------------------------------------

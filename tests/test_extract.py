@@ -207,6 +207,24 @@ def test_a_folder_without_a_test_split_holds_out_a_quarter_of_each_class(layout,
     assert len(set(test[2]) - set(grown)) <= 1
 
 
+def test_hidden_files_are_skipped_and_other_files_counted(sample_dir, tmp_path, capsys):
+    root = tmp_path / "photos"
+    shutil.copytree(sample_dir / "test", root, ignore=shutil.ignore_patterns("0005.jpg", "0006.jpg", "0007.jpg",
+                                                                                "0008.jpg", "0009.jpg"))
+    (root / "cat" / "._0000.jpg").write_bytes(b"\x00\x05\x16\x07 macOS AppleDouble, not a JPEG")
+    (root / "cat" / ".thumbnails").mkdir()
+    shutil.copy(root / "cat" / "0000.jpg", root / "cat" / ".thumbnails" / "0000.jpg")
+    for name in ("IMG_0001.AAE", "IMG_0001.MOV", "IMG_0002.aae", "notes.txt", "README"):
+        (root / "dog" / name).write_text("not an image")
+    code, out, err = run(main, ["efficientnet_lite0", str(root), "--cache-dir", str(tmp_path / "c"),
+                                "--image-size", "64", "--workers", "0"], capsys)
+    assert code == 0, err
+    assert "left out 5 files that are not images this tool reads: .aae (2), .mov (1), .txt (1), no suffix (1)" in err
+    cache = open_cache(out.strip())
+    ids = [*cache.load("train")[2], *cache.load("test")[2]]
+    assert len(ids) == 50 and not any("/." in sample for sample in ids)
+
+
 def test_holding_out_needs_two_images_per_class():
     with pytest.raises(UsageError, match="class folder b holds 1 image; holding out test images needs 2 or more"):
         hold_out({"a": ["a/1.jpg", "a/2.jpg"], "b": ["b/1.jpg"]})
