@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"torch.compile the backbone: auto (default) does it from {COMPILE_MIN_IMAGES} images, "
                              "where its start-up time (5-10 s) pays back; same features either way")
     parser.add_argument("--workers", type=int, default=None,
-                        help="image-decoding processes (default: 0 on a CPU of 2 cores or fewer, else cores - 1, up "
-                             "to 8; with a GPU every core, up to 8); on 2 cores, 2 pay for photos of several "
-                             "megapixels")
+                        help="image-decoding processes (default: on a CPU of 2 cores or fewer, 0, or 2 where the "
+                             "first image has a megapixel or more; else cores - 1, up to 8; with a GPU every core, "
+                             "up to 8)")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where feature files go (default: cache/)")
     parser.add_argument("--data-root", default="data",
                         help="where torchvision datasets are downloaded (default: data/)")

@@ -464,16 +464,31 @@ def default_batch_size(device: torch.device) -> int:
     return 16 if device.type == "cpu" else 64
 
 
-def default_workers(device: torch.device) -> int:
-    """Decoding processes. With the model on a CPU of 2 cores or fewer: none, since a worker competes with the model
-    for the same cores (measured on 2 cores, Lite0, whole process, 0 against 2 workers: CIFAR-10 171/166 against
-    142/147 images/s, 500x375 JPEGs 124/123 against 115/122; only 12-megapixel JPEGs, where decoding and resizing
-    take 130 ms an image, gain: 8.3 against 13.1). Else cores - 1, up to 8; with the model on a GPU every core,
-    up to 8, as the CPU's only work is decoding (not measured here: no GPU)."""
+LARGE_IMAGE_MEGAPIXELS = 1.0  # from here decoding costs more than the model on 2 cores: workers pay
+
+
+def default_workers(device: torch.device, megapixels: float = 0.0) -> int:
+    """Decoding processes. With the model on a CPU of 2 cores or fewer, a worker competes with the model for the same
+    cores: none for small images, 2 for images of `LARGE_IMAGE_MEGAPIXELS` or more, where decoding takes longer
+    (measured on 2 cores, Lite0, whole process, images/s with 0 against 2 workers: CIFAR-10 171/166 against 142/147;
+    500x375 JPEGs 124/123 against 115/122; 1.2-megapixel 58.2/57.4 against 60.5/64.0; 3 megapixels 28.0/27.9
+    against 34.7/38.2; 12 megapixels 8.9/8.7 against 12.9/13.3). Else cores - 1, up to 8; with the model on a GPU
+    every core, up to 8, as the CPU's only work is decoding (not measured here: no GPU)."""
     cores = os.cpu_count() or 1
     if device.type != "cpu":
         return min(8, cores)
-    return 0 if cores <= 2 else min(8, cores - 1)
+    if cores <= 2:
+        return 2 if megapixels >= LARGE_IMAGE_MEGAPIXELS else 0
+    return min(8, cores - 1)
+
+
+def _megapixels(split: Split, row: int) -> float:
+    """The size of image `row` (a split's first to compute): how large the split's images are, as a rule."""
+    try:
+        width, height = split.image(row).size if row < len(split) else (0, 0)
+    except BadImageError:
+        return 0.0
+    return width * height / 1e6
 
 
 class Extractor:
@@ -584,7 +599,9 @@ class Extractor:
     def split(self, split: Split, start: int = 0) -> Iterator[tuple[int, np.ndarray, list[tuple[str, str]]]]:
         """Yield (first row, features, [(id, error)]) batch by batch from row `start`; unreadable images: NaN rows."""
         dim = self.feature_dim()
-        workers = default_workers(self.device) if self.settings.workers is None else self.settings.workers
+        workers = self.settings.workers
+        if workers is None:
+            workers = default_workers(self.device, _megapixels(split, start))
         preprocess = self.backbone.preprocess
         loader = DataLoader(_SplitImages(split, preprocess, start), batch_size=self.settings.batch_size,
                             num_workers=workers, collate_fn=partial(_collate, preprocess=preprocess),

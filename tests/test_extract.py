@@ -20,6 +20,7 @@ from extract.features import (
     ExtractionSettings,
     Extractor,
     StaticSamePadConv,
+    _megapixels,
     default_batch_size,
     default_workers,
     fold_batch_norms,
@@ -75,10 +76,12 @@ def test_batch_size_defaults_to_the_device_and_a_given_one_is_kept():
 
 def test_decoding_workers_default_to_the_device_and_give_the_same_features(lite_cache, sample_dir, tmp_path,
                                                                           monkeypatch, capsys):
-    for cores, on_cpu, on_gpu in ((2, 0, 2), (4, 3, 4), (32, 8, 8)):
+    for cores, on_cpu, on_cpu_large, on_gpu in ((2, 0, 2, 2), (4, 3, 3, 4), (32, 8, 8, 8)):
         monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
-        assert (default_workers(torch.device("cpu")), default_workers(torch.device("cuda"))) == (on_cpu, on_gpu)
+        assert (default_workers(torch.device("cpu")), default_workers(torch.device("cpu"), megapixels=1.2),
+                default_workers(torch.device("cuda"))) == (on_cpu, on_cpu_large, on_gpu)
     monkeypatch.undo()
+    assert _megapixels(resolve_dataset(str(sample_dir)).splits["test"], 0) == 32 * 32 / 1e6  # read from the images
     # the path machines with more than 2 cores take: decoding, resizing and enlarging in 2 worker processes
     argv = ["efficientnet_lite0", str(sample_dir), "--cache-dir", str(tmp_path), *QUICK]
     code, out, _ = run(main, [*argv, "--workers", "2"], capsys)
