@@ -464,7 +464,7 @@ def default_batch_size(device: torch.device) -> int:
     return 16 if device.type == "cpu" else 64
 
 
-LARGE_IMAGE_MEGAPIXELS = 1.0  # from here decoding costs more than the model on 2 cores: workers pay
+LARGE_IMAGE_MEGAPIXELS = 1.0  # about where 2 decoding workers start to pay on 2 cores (1.2 MP: 4-7% faster)
 
 
 def default_workers(device: torch.device, megapixels: float = 0.0) -> int:
