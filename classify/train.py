@@ -101,6 +101,10 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
 
     With backend 'dask' the search's fits run on the cluster at `scheduler`; refits run here."""
     cache = open_cache(cache_path)
+    copies = int(cache.attrs.get("test_copies_of_train", 0))
+    if copies:
+        log(f"warning: {copies} test image(s) of this cache are byte-for-byte copies of train images (named when it "
+            "was extracted): the test accuracy counts them as unseen")
     x_train, y_train, _ = cache.load("train")
     x_test, y_test, _ = cache.load("test")
     if head != "svm" and (exact or pairwise):

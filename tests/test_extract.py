@@ -14,7 +14,7 @@ from conftest import QUICK, REPO, run
 
 from extract.__main__ import main
 from extract.backbones import create_backbone
-from extract.datasets import hold_out, load_image, resolve_dataset
+from extract.datasets import copies_across_splits, hold_out, load_image, resolve_dataset
 from extract.errors import UsageError, exit_cli
 from extract.features import (
     ExtractionSettings,
@@ -226,6 +226,23 @@ def test_hidden_files_are_skipped_and_other_files_counted(sample_dir, tmp_path, 
     cache = open_cache(out.strip())
     ids = [*cache.load("train")[2], *cache.load("test")[2]]
     assert len(ids) == 50 and not any("/." in sample for sample in ids)
+
+
+def test_test_images_copied_from_train_are_named_and_flagged_to_the_head(sample_dir, tmp_path, capsys):
+    from classify.__main__ import main as classify_main
+
+    root = tmp_path / "data"
+    shutil.copytree(sample_dir, root)
+    shutil.copy(root / "train" / "cat" / "0003.jpg", root / "test" / "cat" / "0000.jpg")
+    shutil.copy(root / "train" / "dog" / "0004.jpg", root / "test" / "dog" / "0001.jpg")
+    args = ["efficientnet_lite0", str(root), "--cache-dir", str(tmp_path / "c"), *QUICK]
+    code, out, err = run(main, args, capsys)
+    assert code == 0 and "warning: 2 test image(s) are byte-for-byte copies of train images " \
+        "(test/cat/0000.jpg = train/cat/0003.jpg, ...)" in err
+    assert open_cache(out.strip()).attrs["test_copies_of_train"] == 2
+    code, _, err = run(classify_main, ["logreg", out.strip(), "--cv", "2", "--n-jobs", "1"], capsys)
+    assert code == 0 and "warning: 2 test image(s) of this cache are byte-for-byte copies" in err
+    assert copies_across_splits(resolve_dataset(str(sample_dir))) == []  # the sample itself has none
 
 
 def test_holding_out_needs_two_images_per_class():
