@@ -351,6 +351,15 @@ def copies_across_splits(dataset: Dataset) -> list[tuple[str, str]]:
     return copies
 
 
+def copies_warning(copies: list[tuple[str, str]]) -> str:
+    """One line naming `copies_across_splits`'s pairs, or "" if there are none."""
+    if not copies:
+        return ""
+    (test_file, train_file), more = copies[0], ", ..." if len(copies) > 1 else ""
+    return (f"warning: {len(copies)} test image(s) are byte-for-byte copies of train images ({test_file} = "
+            f"{train_file}{more}): the test accuracy will count them as unseen; remove them from one split")
+
+
 # ---- the one entry point -------------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from extract.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from extract.datasets import Dataset, copies_across_splits, resolve_dataset
+from extract.datasets import Dataset, copies_across_splits, copies_warning, resolve_dataset
 from extract.distributed import World, shard, world
 from extract.errors import UsageError
 from extract.features import DEFAULT_LAYER, ExtractionSettings, Extractor
@@ -181,9 +181,7 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
             f"{attrs['image_size']} px, {attrs['precision']}")
         copies = copies_across_splits(dataset)
         if copies:
-            log(f"warning: {len(copies)} test image(s) are byte-for-byte copies of train images ({copies[0][0]} = "
-                f"{copies[0][1]}{', ...' if len(copies) > 1 else ''}): the test accuracy will count them as unseen; "
-                "remove them from one split")
+            log(copies_warning(copies))
         started, done = time.perf_counter(), 0  # the time includes compiling, if any
         compiled = extractor.compile_for(sum(todo.values()))
         if compiled:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from classify.evaluate import evaluate
 from extract.backbones import DEFAULT_BACKBONE, Preprocess, block_names, create_backbone, replace_classifier
-from extract.datasets import BadImageError, Dataset, Split, resolve_dataset
+from extract.datasets import BadImageError, Dataset, Split, copies_across_splits, copies_warning, resolve_dataset
 from extract.distributed import World, world
 from extract.errors import UsageError
 from extract.features import default_workers, keep_freed_memory, resolve_device
@@ -340,8 +340,9 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
         log = lambda message: None  # noqa: E731
     torch.manual_seed(config.seed)
     dataset = dataset or resolve_dataset(config.dataset, config.data_root, config.limit_per_class)
-    if dataset.note:
-        log(dataset.note)
+    for line in (dataset.note, copies_warning(copies_across_splits(dataset))):
+        if line:
+            log(line)
     device = resolve_device(config.device)
     keep_freed_memory()
     if device.type == "cuda":

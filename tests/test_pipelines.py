@@ -111,3 +111,15 @@ def test_an_unreadable_image_stops_fine_tuning_with_its_name(sample_dir, tmp_pat
                               str(tmp_path / "run")], capsys)
     last = err.strip().splitlines()[-1]  # one line at the end, even from a loader worker process
     assert code == 2 and "error: cannot read 1 image(s): train/cat/0000.jpg" in last and "Traceback" not in err
+
+
+def test_fine_tuning_warns_of_test_images_copied_from_train(sample_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    shutil.copy(data / "train" / "cat" / "0001.jpg", data / "test" / "cat" / "0002.jpg")
+    lines = []
+    finetune(FinetuneConfig(dataset=str(data), mode="head", out=str(tmp_path / "run"), **TINY), log=lines.append)
+    assert "warning: 1 test image(s) are byte-for-byte copies of train images (test/cat/0002.jpg = " \
+        "train/cat/0001.jpg)" in lines[0]
