@@ -245,6 +245,19 @@ def test_test_images_copied_from_train_are_named_and_flagged_to_the_head(sample_
     assert copies_across_splits(resolve_dataset(str(sample_dir))) == []  # the sample itself has none
 
 
+def test_large_files_are_copies_only_if_every_byte_is_the_same(tmp_path):
+    """Uncompressed images of one size share their size and may share their first 64 KiB: the rest decides."""
+    from PIL import Image
+
+    top = np.zeros((200, 300, 3), np.uint8)  # 180 KB as BMP; the first 64 KiB (bottom rows, in BMP) alike
+    for split, name, fill in (("train", "a", 1), ("train", "b", 2), ("test", "a", 1), ("test", "b", 3)):
+        (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
+        image = top.copy()
+        image[:60] = fill  # BMP stores rows bottom-up: these are its last bytes
+        Image.fromarray(image).save(tmp_path / split / name / "x.bmp")
+    assert copies_across_splits(resolve_dataset(str(tmp_path))) == [("test/a/x.bmp", "train/a/x.bmp")]
+
+
 def test_holding_out_needs_two_images_per_class():
     with pytest.raises(UsageError, match="class folder b holds 1 image; holding out test images needs 2 or more"):
         hold_out({"a": ["a/1.jpg", "a/2.jpg"], "b": ["b/1.jpg"]})
