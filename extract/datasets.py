@@ -340,16 +340,23 @@ def copies_across_splits(dataset: Dataset) -> list[tuple[str, str]]:
     train, test = dataset.splits["train"].source, dataset.splits["test"].source
     if not isinstance(train, _FolderSource) or not isinstance(test, _FolderSource):
         return []
-    root = train.root  # both splits' files are paths relative to the dataset's root
-    size = {file: (root / file).stat().st_size for file in (*train.files, *test.files)}
-    shared = {size[file] for file in train.files} & {size[file] for file in test.files}
+    try:
+        return _copies(train.root, train.files, test.files)
+    except OSError:  # a file that cannot be read: extraction names it itself
+        return []
+
+
+def _copies(root: Path, train_files: list[str], test_files: list[str]) -> list[tuple[str, str]]:
+    """`copies_across_splits` for files given as paths relative to `root`."""
+    size = {file: (root / file).stat().st_size for file in (*train_files, *test_files)}
+    shared = {size[file] for file in train_files} & {size[file] for file in test_files}
     by_head: dict[tuple[int, bytes], list[str]] = {}
-    for file in train.files:
+    for file in train_files:
         if size[file] in shared:
             by_head.setdefault((size[file], _digest(root / file, HEAD_BYTES)), []).append(file)
     whole = functools.cache(lambda file: _digest(root / file))
     copies = []
-    for file in (f for f in test.files if size[f] in shared):
+    for file in (f for f in test_files if size[f] in shared):
         candidates = by_head.get((size[file], _digest(root / file, HEAD_BYTES)), [])
         original = next((c for c in candidates if size[file] <= HEAD_BYTES or whole(c) == whole(file)), None)
         if original is not None:

@@ -245,6 +245,16 @@ def test_test_images_copied_from_train_are_named_and_flagged_to_the_head(sample_
     assert copies_across_splits(resolve_dataset(str(sample_dir))) == []  # the sample itself has none
 
 
+def test_a_file_the_copy_check_cannot_read_is_left_to_extraction_to_name(sample_dir, monkeypatch):
+    import extract.datasets
+
+    def unreadable(path, limit=-1):
+        raise PermissionError(f"[Errno 13] Permission denied: '{path}'")
+
+    monkeypatch.setattr(extract.datasets, "_digest", unreadable)
+    assert copies_across_splits(resolve_dataset(str(sample_dir))) == []
+
+
 def test_large_files_are_copies_only_if_every_byte_is_the_same(tmp_path):
     """Uncompressed images of one size share their size and may share their first 64 KiB: the rest decides."""
     from PIL import Image
