@@ -65,9 +65,13 @@ def identity_changes(path: Path, attrs: dict) -> list[str]:
     cannot be read."""
     try:
         with h5py.File(path, "r") as file:
-            return [k for k in IDENTITY_ATTRS if file.attrs.get(k) != _attr_value(attrs[k])]
+            return _identity_changes_in(file, attrs)
     except OSError:
         return []
+
+
+def _identity_changes_in(file: h5py.File, attrs: dict) -> list[str]:
+    return [k for k in IDENTITY_ATTRS if file.attrs.get(k) != _attr_value(attrs[k])]
 
 
 @dataclass
@@ -127,7 +131,7 @@ class CacheWriter:
             return False
         try:
             with h5py.File(self.partial_path, "r") as old:
-                same = all(old.attrs.get(k) == _attr_value(attrs[k]) for k in IDENTITY_ATTRS)
+                same = not _identity_changes_in(old, attrs)
                 same = same and int(old.attrs["feature_dim"]) == feature_dim
                 return same and all(name in old and old[name].attrs["num_samples"] == len(rows.ids)
                                     for name, rows in splits.items())
