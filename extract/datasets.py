@@ -112,6 +112,11 @@ class Dataset:
     def slug(self) -> str:
         return "".join(c if c.isalnum() or c in "-_" else "-" for c in self.name).strip("-") or "dataset"
 
+    @functools.cached_property
+    def test_copies(self) -> list[tuple[str, str]]:
+        """`copies_across_splits`, read once per dataset (`compare` fine-tunes several times on one)."""
+        return copies_across_splits(self)
+
 
 # ---- image folders ------------------------------------------------------------------------------------------
 

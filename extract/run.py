@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from extract.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from extract.datasets import Dataset, copies_across_splits, copies_warning, resolve_dataset
+from extract.datasets import Dataset, copies_warning, resolve_dataset
 from extract.distributed import World, shard, world
 from extract.errors import UsageError
 from extract.features import DEFAULT_LAYER, ExtractionSettings, Extractor
@@ -179,9 +179,8 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
         log(f"extracting {attrs['backbone']} {attrs['layer']}-{attrs['pool']} features of {dataset.name} "
             f"({', '.join(f'{n} {len(s)}' for n, s in dataset.splits.items())}) on {device}, "
             f"{attrs['image_size']} px, {attrs['precision']}")
-        copies = copies_across_splits(dataset)
-        if copies:
-            log(copies_warning(copies))
+        if dataset.test_copies:
+            log(copies_warning(dataset.test_copies))
         started, done = time.perf_counter(), 0  # the time includes compiling, if any
         compiled = extractor.compile_for(sum(todo.values()))
         if compiled:
@@ -204,7 +203,7 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
                         raise KeyboardInterrupt
         seconds = time.perf_counter() - started
         final = writer.finish(extract_seconds=seconds, images_per_second=done / max(seconds, 1e-9),
-                              compiled=extractor.compiled, test_copies_of_train=len(copies))
+                              compiled=extractor.compiled, test_copies_of_train=len(dataset.test_copies))
     finally:
         writer.close()
     log(f"wrote {final} ({done} images in {seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s)")

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from classify.evaluate import evaluate
 from extract.backbones import DEFAULT_BACKBONE, Preprocess, block_names, create_backbone, replace_classifier
-from extract.datasets import BadImageError, Dataset, Split, copies_across_splits, copies_warning, resolve_dataset
+from extract.datasets import BadImageError, Dataset, Split, copies_warning, resolve_dataset
 from extract.distributed import World, world
 from extract.errors import UsageError
 from extract.features import default_workers, keep_freed_memory, resolve_device
@@ -340,9 +340,10 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
         log = lambda message: None  # noqa: E731
     torch.manual_seed(config.seed)
     dataset = dataset or resolve_dataset(config.dataset, config.data_root, config.limit_per_class)
-    for line in (dataset.note, copies_warning(copies_across_splits(dataset))):
-        if line:
-            log(line)
+    if ranks.is_main:  # the others' log is silent: no need to read the files for it
+        for line in (dataset.note, copies_warning(dataset.test_copies)):
+            if line:
+                log(line)
     device = resolve_device(config.device)
     keep_freed_memory()
     if device.type == "cuda":
