@@ -2,12 +2,13 @@
 
     python bench/architectures.py [NAME ...] [--sizes native,96] [--compile]
 
-For each backbone (default: all of `python -m extract --list`) and input size, with random weights (offline; the
-architecture is what is checked): build it, read `--layers all` eagerly from 4 random images, and check the features
-are finite and as wide as the layout says. `--compile` also compiles it as `--compile on` does and prints the largest
-difference to the eager features, relative to their largest value. A size the architecture cannot take is reported
-as the one-line error users get. All 83 backbones at both sizes, eagerly: 4.5 minutes on 2 cores; compiling adds
-3-45 s per backbone.
+For each backbone (default: all of `python -m extract --list`; timm/ARCH names too) and input size, with random
+weights (offline; the architecture is what is checked): build it, read `--layers all` eagerly from 4 random images,
+and check the features are finite and as wide as the layout says; for a timm model, compare the penultimate features
+with timm's own `forward_head(pre_logits=True)`. `--compile` also compiles it as `--compile on` does and prints the
+largest difference to the eager features, relative to their largest value. A size the architecture cannot take is
+reported as the one-line error users get. All 83 backbones at both sizes, eagerly: 4.5 minutes on 2 cores;
+compiling adds 3-45 s per backbone.
 """
 
 from __future__ import annotations
@@ -23,24 +24,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extract.backbones import create_backbone, list_backbones  # noqa: E402
+from extract.backbones import TIMM_PREFIX, create_backbone, list_backbones  # noqa: E402
 from extract.errors import UsageError  # noqa: E402
-from extract.features import ExtractionSettings, Extractor  # noqa: E402
+from extract.features import ExtractionSettings, Extractor, FeatureModel  # noqa: E402
+from extract.pixels import normalize  # noqa: E402
 
 
 def check(name: str, size: int | None, compile_too: bool) -> str:
     weights = "default" if name.startswith("efficientnet_lite") else "none"
     try:
         backbone = create_backbone(name, weights, size)
+        extractor = Extractor(backbone, "avg", ExtractionSettings(compile="off", batch_size=4), layers="all")
     except UsageError as error:
         return f"refused: {error}"
     crop = backbone.preprocess.crop_size
     images = torch.randint(0, 256, (4, 3, crop, crop), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    extractor = Extractor(backbone, "avg", ExtractionSettings(compile="off", batch_size=4), layers="all")
     eager = extractor.features(images)
     if not (np.isfinite(eager).all() and eager.shape == (4, extractor.feature_dim())):
         return f"FAILED: features {eager.shape}, finite {np.isfinite(eager).all()}"
     result = f"ok, {crop} px, {', '.join(layer for layer, _, _ in extractor.layout)}: {eager.shape[1]} columns"
+    if name.startswith(TIMM_PREFIX):
+        result += f"; {against_pre_logits(backbone.model, images, backbone.preprocess)}"
     if compile_too:
         compiled = Extractor(create_backbone(name, weights, size), "avg",
                              ExtractionSettings(compile="on", batch_size=4), layers="all")
@@ -48,6 +52,18 @@ def check(name: str, size: int | None, compile_too: bool) -> str:
         difference = np.abs(compiled.features(images) - eager).max() / np.abs(eager).max()
         result += f"; compiled: {said.split(' with ')[0]}, difference {difference:.1e}"
     return result
+
+
+def against_pre_logits(model: torch.nn.Module, images: torch.Tensor, preprocess) -> str:
+    """Our penultimate features against timm's own `forward_head(pre_logits=True)` on the same input."""
+    pixels = normalize(images, preprocess, torch.device("cpu"))
+    with torch.no_grad():
+        ours = FeatureModel(model)(pixels)
+        theirs = model.forward_head(model.forward_features(pixels), pre_logits=True)
+    if ours.shape != theirs.shape:
+        return f"penultimate {ours.shape[1]} wide, timm's pre-logits {theirs.shape[1]}"
+    difference = float((ours - theirs).abs().max() / theirs.abs().max())
+    return "penultimate = timm's pre-logits" if difference < 1e-5 else f"differs from pre-logits by {difference:.1e}"
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ EPILOG = """examples:
   python -m extract resnet18 cifar10                          torchvision weights and dataset (downloads once)
   python -m extract resnet18 path/to/photos --weights none    random init (a scratch baseline)
   python -m extract vgg16 path/to/photos --pool max           max-pooled last conv features
+  python -m extract timm/vit_small_patch14_dinov2 cifar10 --image-size 224   any timm model, Hub weights
   python -m extract resnet18 digits --layers stage3,stage4,penultimate   three layers, one pass, one file
   python -m extract --list                                    every backbone with its size and ImageNet top-1
   torchrun --nproc-per-node 4 -m extract resnet50 DATASET     4 processes (GPUs), each a contiguous share, one file
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m extract", description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("backbone", nargs="?", help="backbone name (see --list), e.g. efficientnet_lite0, resnet18")
+    parser.add_argument("backbone", nargs="?", help="backbone name (see --list), e.g. efficientnet_lite0, resnet18, or "
+                             "timm/ARCH[.TAG] for any timm model (timm.list_pretrained() names them)")
     parser.add_argument("dataset", nargs="?",
                         help="torchvision dataset name (cifar10, ...), 'digits', or a folder with train/ and test/ "
                              "(or val/) holding one subfolder per class; a folder of class folders alone has 25%% of "
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         from extract.catalog import backbone_table, format_table
 
         print(format_table(backbone_table(args.cache_dir)))
+        print("\nand every timm model as timm/ARCH or timm/ARCH.TAG, its weights from the Hugging Face Hub "
+              "(python -c 'import timm; print(timm.list_pretrained())' lists them)")
         return 0
     if args.verify:
         from extract.run import verify_cache

