@@ -37,7 +37,8 @@ class Preprocess:
     """How images are turned into model input: resize the short side, centre-crop, normalise.
 
     Images smaller than the crop (CIFAR's 32 px, say) are resized straight to the crop size so that
-    none of their content is cropped away.
+    none of their content is cropped away. `crop_mode` "squash" is timm's recipe for some weights: both sides to
+    the resize size, whatever the aspect ratio, then the centre crop.
     """
 
     crop_size: int
@@ -45,6 +46,7 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str
+    crop_mode: str = "center"
 
     def with_image_size(self, size: int) -> Preprocess:
         """The same recipe at another input size, keeping the resize/crop ratio."""
@@ -54,7 +56,12 @@ class Preprocess:
         return replace(self, crop_size=size, resize_size=round(size * ratio))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The record in a cache's provenance; without `crop_mode` where it is the centre crop, as before the field
+        existed, so that those caches still match."""
+        record = asdict(self)
+        if self.crop_mode == "center":
+            del record["crop_mode"]
+        return record
 
 
 @dataclass
@@ -398,7 +405,8 @@ def _create_timm(name: str, weights: str, image_size: int | None) -> Backbone:
     recipe = cfg.to_dict() if cfg is not None else model.pretrained_cfg  # the native size, before `image_size`
     crop = recipe["input_size"][-1]
     preprocess = Preprocess(crop_size=crop, resize_size=math.floor(crop / recipe["crop_pct"]),
-                            mean=tuple(recipe["mean"]), std=tuple(recipe["std"]), interpolation=recipe["interpolation"])
+                            mean=tuple(recipe["mean"]), std=tuple(recipe["std"]), interpolation=recipe["interpolation"],
+                            crop_mode="squash" if recipe["crop_mode"] == "squash" else "center")
     if path is None:
         return Backbone(canonical, model, "none", "none", preprocess, None, None)
     categories = _imagenet_categories() if label.startswith("timm:") and recipe["num_classes"] == 1000 else None

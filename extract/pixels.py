@@ -43,10 +43,12 @@ FILTERS = {"bilinear": (_bilinear, 1.0), "bicubic": (_bicubic, 2.0)}  # PIL's fi
 
 
 def resize_and_crop(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
-    """Short side to the resize size (to the crop size for images smaller than the crop), centre-crop: uint8 CHW."""
+    """Short side to the resize size (to the crop size for images smaller than the crop), or both sides where the
+    recipe squashes, then centre-crop: uint8 CHW."""
     short = preprocess.crop_size if min(image.size) < preprocess.crop_size else preprocess.resize_size
     interpolation = TF.InterpolationMode(preprocess.interpolation)
-    image = TF.resize(image, short, interpolation=interpolation, antialias=True)
+    size = [short, short] if preprocess.crop_mode == "squash" else short
+    image = TF.resize(image, size, interpolation=interpolation, antialias=True)
     return TF.pil_to_tensor(TF.center_crop(image, preprocess.crop_size))
 
 
@@ -82,9 +84,13 @@ def enlarge(small: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     each (short side to the crop size, centre crop), as PIL computes it: rows first, rounded to bytes, then columns."""
     height, width = small.shape[-2:]
     crop = preprocess.crop_size
-    # torchvision's resized size: the short side to `crop`, the long side scaled and truncated
-    scaled_height, scaled_width = (int(crop * height / width), crop) if width <= height else \
-        (crop, int(crop * width / height))
+    # torchvision's resized size: the short side to `crop`, the long side scaled and truncated (or both to `crop`)
+    if preprocess.crop_mode == "squash":
+        scaled_height = scaled_width = crop
+    elif width <= height:
+        scaled_height, scaled_width = int(crop * height / width), crop
+    else:
+        scaled_height, scaled_width = crop, int(crop * width / height)
     rows = _resampling_matrix(width, scaled_width, crop, preprocess.interpolation)
     columns = _resampling_matrix(height, scaled_height, crop, preprocess.interpolation)
     wide = torch.matmul(small.float(), rows.T).add_(0.5).clamp_(0, 255).floor_()  # PIL rounds half up, to bytes

@@ -64,3 +64,19 @@ def test_large_images_and_other_filters_are_resized_by_pil_at_once():
     assert torch.equal(resize_or_defer(large, bicubic), resize_and_crop(large, bicubic))
     small = random_images((32, 32), 1)[0]
     assert torch.equal(resize_or_defer(small, nearest), resize_and_crop(small, nearest))
+
+
+def test_a_squash_recipe_resizes_both_sides_large_and_small_images_alike():
+    """timm's 'squash' (its 384 px fine-tunes): the whole image, aspect ratio given up, as timm's transform does."""
+    from timm.data import create_transform
+
+    squash = Preprocess(crop_size=64, resize_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic",
+                        crop_mode="squash")
+    wide = random_images((100, 50), 1)[0]
+    timm_transform = create_transform(64, interpolation="bicubic", crop_pct=1.0, crop_mode="squash",
+                                      mean=(0, 0, 0), std=(1, 1, 1))
+    expected = (timm_transform(wide) * 255).round().to(torch.uint8)
+    assert torch.equal(resize_and_crop(wide, squash), expected)
+    assert not torch.equal(resize_and_crop(wide, squash), resize_and_crop(wide, preprocess("bicubic", crop=64)))
+    small = random_images((20, 30))
+    assert_as_pil(enlarge(torch.stack([resize_or_defer(image, squash) for image in small]), squash), small, squash)

@@ -27,6 +27,16 @@ def test_a_timm_name_takes_the_default_tag_and_timms_own_recipe():
     assert create_backbone("timm/resnet18.tv_in1k", weights="none").preprocess.interpolation == "bilinear"
 
 
+def test_a_squash_recipe_is_kept_and_recorded_and_earlier_records_stay_as_they_were():
+    centred = create_backbone("timm/convnext_tiny.in12k_ft_in1k", weights="none").preprocess
+    assert centred.crop_mode == "center"
+    assert set(centred.to_dict()) == {"crop_size", "resize_size", "mean", "std", "interpolation"}  # as before
+    squashed = create_backbone("timm/convnext_tiny.in12k_ft_in1k_384", weights="none").preprocess
+    assert timm.models.get_pretrained_cfg("convnext_tiny.in12k_ft_in1k_384").crop_mode == "squash"
+    assert squashed.crop_mode == "squash" and squashed.to_dict()["crop_mode"] == "squash"
+    assert squashed.crop_size == squashed.resize_size == 384
+
+
 def test_unknown_timm_models_and_tags_are_refused_with_the_choices():
     with pytest.raises(UsageError, match="timm has no model 'resnet181'.*did you mean"):
         create_backbone("timm/resnet181", weights="none")
