@@ -31,7 +31,7 @@ from extract.backbones import (
     probe_input,
     probe_size,
 )
-from extract.datasets import BadImageError, Split
+from extract.datasets import BadImageError, Split, to_rgb
 from extract.errors import UsageError
 from extract.pixels import normalize, resize_or_defer, stack_at_crop
 
@@ -595,8 +595,9 @@ class Extractor:
         return self.model.feature_dim
 
     def images(self, images: list[Image.Image]) -> np.ndarray:
+        """Features of one batch of PIL images of any mode (converted to RGB as files are): (N, feature_dim)."""
         preprocess = self.backbone.preprocess
-        batch = stack_at_crop([resize_or_defer(image, preprocess) for image in images], preprocess)
+        batch = stack_at_crop([resize_or_defer(to_rgb(image), preprocess) for image in images], preprocess)
         return self.features(batch)
 
     def split(self, split: Split, start: int = 0) -> Iterator[tuple[int, np.ndarray, list[tuple[str, str]]]]:

@@ -1,0 +1,30 @@
+"""The README's "From Python" block, run as it stands, so that what it shows stays true."""
+
+import re
+import shutil
+
+import numpy as np
+
+from tests.conftest import REPO, SAMPLE
+
+
+def readme_python_block() -> str:
+    section = (REPO / "README.md").read_text().split("## From Python", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+def test_the_readme_python_block_runs_and_gives_what_it_says(tmp_path, monkeypatch, capsys):
+    shutil.copytree(SAMPLE, tmp_path / "examples" / "cifar10-mini")
+    monkeypatch.chdir(tmp_path)  # the block's relative paths: examples/ to read, cache/ to write
+    namespace: dict = {}
+    exec(compile(readme_python_block(), "README.md", "exec"), namespace)
+    lines = capsys.readouterr().out.splitlines()
+    (score,) = [line for line in lines if line.startswith("test accuracy")]  # the library logs its steps too
+    assert re.fullmatch(r"test accuracy 0\.\d{3}, classes \['airplane', 'automobile', .*'truck'\]", score)
+    assert float(lines[-1]) > 0.3  # real ImageNet features: far above chance (0.1) on 100 test images
+    assert namespace["x_train"].shape == (300, 1280) and namespace["x_test"].shape == (100, 1280)
+    assert namespace["vectors"].shape == (4, 1280) and np.isfinite(namespace["vectors"]).all()
+    # the vectors are the cached features of the same files
+    cached = dict(zip(namespace["cache"].load("test")[2], namespace["x_test"], strict=True))
+    np.testing.assert_allclose(namespace["vectors"][0], cached["test/cat/0000.jpg"], rtol=1e-4, atol=1e-4)
+    assert len(list((tmp_path / "cache").glob("*.h5"))) == 1
