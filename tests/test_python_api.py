@@ -28,3 +28,19 @@ def test_the_readme_python_block_runs_and_gives_what_it_says(tmp_path, monkeypat
     cached = dict(zip(namespace["cache"].load("test")[2], namespace["x_test"], strict=True))
     np.testing.assert_allclose(namespace["vectors"][0], cached["test/cat/0000.jpg"], rtol=1e-4, atol=1e-4)
     assert len(list((tmp_path / "cache").glob("*.h5"))) == 1
+
+
+def test_features_of_pil_images_of_any_mode_are_those_of_their_rgb_conversion():
+    from PIL import Image
+
+    from extract.backbones import create_backbone
+    from extract.datasets import to_rgb
+    from extract.features import ExtractionSettings, Extractor
+
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (40, 50, 4), dtype=np.uint8), "RGBA")
+    gray = Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8), "L")
+    extractor = Extractor(create_backbone("resnet18", weights="none", image_size=64), "avg", ExtractionSettings())
+    features = extractor.images([rgba, gray])
+    assert features.shape == (2, 512)
+    np.testing.assert_array_equal(features, extractor.images([to_rgb(rgba), to_rgb(gray)]))
