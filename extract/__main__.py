@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("backbone", nargs="?", help="backbone name (see --list), e.g. efficientnet_lite0, resnet18, or "
                              "timm/ARCH[.TAG] for any timm model (timm.list_pretrained() names them)")
     parser.add_argument("dataset", nargs="?",
-                        help="torchvision dataset name (cifar10, ...), 'digits', or a folder with train/ and test/ "
-                             "(or val/) holding one subfolder per class; a folder of class folders alone has 25%% of "
-                             "each class held out as test")
+                        help="torchvision dataset name (cifar10, ...), 'digits', a folder with train/ and test/ "
+                             "(or val/) holding one subfolder per class (a folder of class folders alone has 25%% of "
+                             "each class held out as test), or a CSV/TSV table with image and label columns and an "
+                             "optional split column")
     parser.add_argument("--list", action="store_true", help="print the table of backbones and exit")
     parser.add_argument("--verify", metavar="CACHE_FILE",
                         help="check a cache file's integrity and provenance (weights, dataset, versions); exit 1 if "

@@ -1,4 +1,4 @@
-"""Dataset resolution: a name or a folder becomes train/test splits of (image, label) with a fingerprint.
+"""Dataset resolution: a name, a folder or a table becomes train/test splits of (image, label) with a fingerprint.
 
 Each split knows its samples' identities (file path or index) and how to load one image as RGB; nothing
 here knows about models or caches.
@@ -6,9 +6,11 @@ here knows about models or caches.
 
 from __future__ import annotations
 
+import csv
 import difflib
 import functools
 import hashlib
+import io
 import os
 import warnings
 from collections import Counter
@@ -177,7 +179,7 @@ def hold_out(classes: dict[str, list[str]], fraction: float = HELD_OUT_FRACTION)
     train, test = {}, {}
     for name, files in classes.items():
         if len(files) < 2:
-            raise UsageError(f"class folder {name} holds 1 image; holding out test images needs 2 or more per class")
+            raise UsageError(f"class {name} holds 1 image; holding out test images needs 2 or more per class")
         by_hash = sorted(files, key=lambda file: hashlib.sha256(file.encode()).hexdigest())
         cut = max(1, round(len(files) * fraction))
         test[name], train[name] = sorted(by_hash[:cut]), sorted(by_hash[cut:])
@@ -210,7 +212,14 @@ def _folder_dataset(root: Path, limit_per_class: int | None) -> Dataset:
         train, test = hold_out(classes)
         notes.append(f"no test/ or val/ folder in {root}: {HELD_OUT_FRACTION:.0%} of each class held out as the test "
                      "split (chosen by a hash of the file names: the same files every run)")
-    class_names = sorted(train)
+    notes.append(_left_out_note(left_out))
+    return _files_dataset(root.resolve().name, root, train, test, limit_per_class, notes)
+
+
+def _files_dataset(name: str, root: Path, train: dict[str, list[str]], test: dict[str, list[str]],
+                   limit_per_class: int | None, notes: list[str]) -> Dataset:
+    """Splits of image files (class -> paths relative to `root`), fingerprinted by path, size, mtime and label."""
+    class_names = sorted(train)  # as torchvision's ImageFolder orders them
     splits, digest = {}, hashlib.sha256()
     for split_name, classes in (("train", train), ("test", test)):
         files, labels = [], []
@@ -222,8 +231,74 @@ def _folder_dataset(root: Path, limit_per_class: int | None) -> Dataset:
             stat = (root / file).stat()
             digest.update(f"{file}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
         splits[split_name] = Split(split_name, files, np.asarray(labels, dtype=np.int64), _FolderSource(root, files))
-    notes.append(_left_out_note(left_out))
-    return Dataset(root.resolve().name, class_names, splits, digest.hexdigest(), note="\n".join(filter(None, notes)))
+    return Dataset(name, class_names, splits, digest.hexdigest(), note="\n".join(filter(None, notes)))
+
+
+# ---- a CSV (or TSV) of image paths and labels ----------------------------------------------------------------
+
+CSV_SUFFIXES = (".csv", ".tsv")
+IMAGE_COLUMNS = ("image", "path", "file", "filename", "filepath", "image_path", "img")
+LABEL_COLUMNS = ("label", "class", "category", "target", "class_name")
+SPLIT_COLUMN = "split"
+
+
+def _csv_dataset(table: Path, limit_per_class: int | None) -> Dataset:
+    """A table with a header naming the image column (paths relative to the table's folder) and the label column,
+    and optionally a `split` column (train, test or val); without it, `hold_out` makes the test split."""
+    rows = _read_table(table)
+    header = {column.strip().lower(): column for column in rows[0]}
+    image_column = next((header[c] for c in IMAGE_COLUMNS if c in header), None)
+    label_column = next((header[c] for c in LABEL_COLUMNS if c in header), None)
+    if image_column is None or label_column is None:
+        raise UsageError(f"{table} needs a header row naming its image column ({', '.join(IMAGE_COLUMNS)}) and its "
+                         f"label column ({', '.join(LABEL_COLUMNS)}); it has {', '.join(rows[0]) or 'none'}")
+    split_column = header.get(SPLIT_COLUMN)
+    root = table.parent
+    by_split: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    first_line: dict[str, int] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        file, label = row[image_column].strip(), row[label_column].strip()
+        if not file or not label:
+            raise UsageError(f"{table} line {number}: an empty image path or label; fill it in or remove the line")
+        if first_line.setdefault(file, number) != number:
+            raise UsageError(f"{table} line {number}: image {file} is listed again (first on line {first_line[file]}); "
+                             "list each image once")
+        split = row[split_column].strip().lower() if split_column else "train"
+        split = "test" if split in TEST_SPLIT_NAMES else split
+        if split not in by_split:
+            raise UsageError(f"{table} line {number}: split {row[split_column]!r}; use train, test or val")
+        if not (root / file).is_file():
+            raise UsageError(f"{table} line {number}: image {file} does not exist under {root} (paths are read "
+                             "relative to the table's folder)")
+        by_split[split].setdefault(label, []).append(file)
+    train, test = by_split["train"], by_split["test"]
+    if len(train) < 2:
+        raise UsageError(f"{table} holds {len(train)} label(s) in its train rows; a classifier needs at least 2")
+    notes = []
+    if not test:
+        train, test = hold_out(train)
+        notes.append(f"no test rows in {table.name}: {HELD_OUT_FRACTION:.0%} of each class held out as the test split "
+                     "(chosen by a hash of the file names: the same files every run)")
+    elif set(train) != set(test):
+        only_train, only_test = sorted(set(train) - set(test)) or "-", sorted(set(test) - set(train)) or "-"
+        raise UsageError(f"the labels of the train and test rows of {table} differ (only in train: {only_train}; "
+                         f"only in test: {only_test}); give every label rows in both splits")
+    return _files_dataset(f"{root.resolve().name}-{table.stem}", root, train, test, limit_per_class, notes)
+
+
+def _read_table(table: Path) -> list:
+    """The header row, then one dict per row; comma-, semicolon- or tab-separated."""
+    try:
+        text = table.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read {table}: {error}") from None
+    first_line = text.partition("\n")[0]
+    delimiter = "\t" if table.suffix.lower() == ".tsv" else max(",;\t", key=first_line.count)
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    rows = list(reader)
+    if not reader.fieldnames or not rows:
+        raise UsageError(f"{table} holds no rows; give a header row and one row per image")
+    return [reader.fieldnames, *rows]
 
 
 # ---- torchvision datasets ------------------------------------------------------------------------------------
@@ -391,6 +466,12 @@ def resolve_dataset(spec: str, data_root: str | Path = "data", limit_per_class: 
         dataset = _torchvision_dataset(key, Path(data_root), limit_per_class, download)
     elif key in BUILTIN_DATASETS and not Path(spec).exists():
         dataset = _digits_dataset(limit_per_class)
+    elif Path(spec).suffix.lower() in CSV_SUFFIXES:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise UsageError(f"table {path} does not exist; give a CSV of image paths and labels, or a folder")
+        dataset = _csv_dataset(path, limit_per_class)
+        spec = str(path.resolve())
     elif Path(spec).expanduser().exists() or "/" in spec or spec.startswith("."):
         path = Path(spec).expanduser()
         dataset = _folder_dataset(path, limit_per_class)
@@ -406,4 +487,4 @@ def _unknown_dataset(spec: str, key: str) -> NoReturn:
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise UsageError(f"unknown dataset {spec!r}: {hint}give one of {', '.join(names)}, "
-                     "or a folder of class folders (or of train/ and test/ holding them)")
+                     "a folder of class folders (or of train/ and test/ holding them), or a CSV of images and labels")

@@ -7,6 +7,7 @@ import json
 import sys
 
 from extract.backbones import DEFAULT_BACKBONE
+from extract.datasets import CSV_SUFFIXES
 from extract.errors import exit_cli
 from extract.features import ExtractionSettings
 from extract.run import DEFAULT_CACHE_DIR
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     from pathlib import Path
 
-    slug = Path(args.dataset.rstrip("/")).name or args.dataset
+    dataset = Path(args.dataset.rstrip("/"))
+    slug = (dataset.stem if dataset.suffix.lower() in CSV_SUFFIXES else dataset.name) or args.dataset
     if args.command == "advise":
         return run_advise(args, slug, log)
     if args.command == "finetune":

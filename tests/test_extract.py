@@ -269,7 +269,7 @@ def test_large_files_are_copies_only_if_every_byte_is_the_same(tmp_path):
 
 
 def test_holding_out_needs_two_images_per_class():
-    with pytest.raises(UsageError, match="class folder b holds 1 image; holding out test images needs 2 or more"):
+    with pytest.raises(UsageError, match="class b holds 1 image; holding out test images needs 2 or more"):
         hold_out({"a": ["a/1.jpg", "a/2.jpg"], "b": ["b/1.jpg"]})
 
 
