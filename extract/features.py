@@ -470,9 +470,10 @@ def default_batch_size(device: torch.device) -> int:
 LARGE_IMAGE_MEGAPIXELS = 1.0  # about where 2 decoding workers start to pay on 2 cores (1.2 MP: 4-7% faster)
 
 
-def default_workers(device: torch.device, megapixels: float = 0.0) -> int:
+def default_workers(device: torch.device, megapixels: Callable[[], float] = lambda: 0.0) -> int:
     """Decoding processes. With the model on a CPU of 2 cores or fewer, a worker competes with the model for the same
-    cores: none for small images, 2 for images of `LARGE_IMAGE_MEGAPIXELS` or more, where decoding takes longer
+    cores: none for small images, 2 for images of `LARGE_IMAGE_MEGAPIXELS` or more (`megapixels()`, asked only
+    there, as it decodes an image), where decoding takes longer
     (measured on 2 cores, Lite0, whole process, images/s with 0 against 2 workers: CIFAR-10 171/166 against 142/147;
     500x375 JPEGs 124/123 against 115/122; 1.2-megapixel 58.2/57.4 against 60.5/64.0; 3 megapixels 28.0/27.9
     against 34.7/38.2; 12 megapixels 8.9/8.7 against 12.9/13.3). Else cores - 1, up to 8; with the model on a GPU
@@ -481,7 +482,7 @@ def default_workers(device: torch.device, megapixels: float = 0.0) -> int:
     if device.type != "cpu":
         return min(8, cores)
     if cores <= 2:
-        return 2 if megapixels >= LARGE_IMAGE_MEGAPIXELS else 0
+        return 2 if megapixels() >= LARGE_IMAGE_MEGAPIXELS else 0
     return min(8, cores - 1)
 
 
@@ -605,7 +606,7 @@ class Extractor:
         dim = self.feature_dim()
         workers = self.settings.workers
         if workers is None:
-            workers = default_workers(self.device, _megapixels(split, start))
+            workers = default_workers(self.device, lambda: _megapixels(split, start))
         preprocess = self.backbone.preprocess
         loader = DataLoader(_SplitImages(split, preprocess, start), batch_size=self.settings.batch_size,
                             num_workers=workers, collate_fn=partial(_collate, preprocess=preprocess),

@@ -76,10 +76,15 @@ def test_batch_size_defaults_to_the_device_and_a_given_one_is_kept():
 
 def test_decoding_workers_default_to_the_device_and_give_the_same_features(lite_cache, sample_dir, tmp_path,
                                                                           monkeypatch, capsys):
+    def unasked() -> float:
+        raise AssertionError("the image size decides nothing here, so no image should be decoded for it")
+
     for cores, on_cpu, on_cpu_large, on_gpu in ((2, 0, 2, 2), (4, 3, 3, 4), (32, 8, 8, 8)):
         monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
-        assert (default_workers(torch.device("cpu")), default_workers(torch.device("cpu"), megapixels=1.2),
-                default_workers(torch.device("cuda"))) == (on_cpu, on_cpu_large, on_gpu)
+        assert (default_workers(torch.device("cpu")), default_workers(torch.device("cpu"), lambda: 1.2),
+                default_workers(torch.device("cuda"), unasked)) == (on_cpu, on_cpu_large, on_gpu)
+        if cores > 2:
+            assert default_workers(torch.device("cpu"), unasked) == on_cpu
     monkeypatch.undo()
     assert _megapixels(resolve_dataset(str(sample_dir)).splits["test"], 0) == 32 * 32 / 1e6  # read from the images
     # the path machines with more than 2 cores take: decoding, resizing and enlarging in 2 worker processes
