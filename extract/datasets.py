@@ -245,25 +245,25 @@ SPLIT_COLUMN = "split"
 def _csv_dataset(table: Path, limit_per_class: int | None) -> Dataset:
     """A table with a header naming the image column (paths relative to the table's folder) and the label column,
     and optionally a `split` column (train, test or val); without it, `hold_out` makes the test split."""
-    rows = _read_table(table)
-    header = {column.strip().lower(): column for column in rows[0]}
+    columns, rows = _read_table(table)
+    header = {column.strip().lower(): column for column in columns}
     image_column = next((header[c] for c in IMAGE_COLUMNS if c in header), None)
     label_column = next((header[c] for c in LABEL_COLUMNS if c in header), None)
     if image_column is None or label_column is None:
         raise UsageError(f"{table} needs a header row naming its image column ({', '.join(IMAGE_COLUMNS)}) and its "
-                         f"label column ({', '.join(LABEL_COLUMNS)}); it has {', '.join(rows[0]) or 'none'}")
+                         f"label column ({', '.join(LABEL_COLUMNS)}); it has {', '.join(columns)}")
     split_column = header.get(SPLIT_COLUMN)
     root = table.parent
     by_split: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
     first_line: dict[str, int] = {}
-    for number, row in enumerate(rows[1:], start=2):
-        file, label = row[image_column].strip(), row[label_column].strip()
+    for number, row in enumerate(rows, start=2):
+        file, label = (row[image_column] or "").strip(), (row[label_column] or "").strip()  # None: a short row
         if not file or not label:
             raise UsageError(f"{table} line {number}: an empty image path or label; fill it in or remove the line")
         if first_line.setdefault(file, number) != number:
             raise UsageError(f"{table} line {number}: image {file} is listed again (first on line {first_line[file]}); "
                              "list each image once")
-        split = row[split_column].strip().lower() if split_column else "train"
+        split = (row[split_column] or "").strip().lower() if split_column else "train"
         split = "test" if split in TEST_SPLIT_NAMES else split
         if split not in by_split:
             raise UsageError(f"{table} line {number}: split {row[split_column]!r}; use train, test or val")
@@ -286,8 +286,8 @@ def _csv_dataset(table: Path, limit_per_class: int | None) -> Dataset:
     return _files_dataset(f"{root.resolve().name}-{table.stem}", root, train, test, limit_per_class, notes)
 
 
-def _read_table(table: Path) -> list:
-    """The header row, then one dict per row; comma-, semicolon- or tab-separated."""
+def _read_table(table: Path) -> tuple[list[str], list[dict[str, str | None]]]:
+    """The header's column names and one dict per row; comma-, semicolon- or tab-separated."""
     try:
         text = table.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
@@ -298,7 +298,7 @@ def _read_table(table: Path) -> list:
     rows = list(reader)
     if not reader.fieldnames or not rows:
         raise UsageError(f"{table} holds no rows; give a header row and one row per image")
-    return [reader.fieldnames, *rows]
+    return list(reader.fieldnames), rows
 
 
 # ---- torchvision datasets ------------------------------------------------------------------------------------

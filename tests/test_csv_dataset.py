@@ -62,6 +62,7 @@ def test_a_table_without_splits_holds_out_a_quarter_of_each_class(sample_dir, tm
     ([["image", "label", "split"], ["test/cat/0000.jpg", "cat", "holdout"]], r"line 2: split 'holdout'"),
     ([["image", "label"], ["test/cat/0000.jpg", "cat"], ["test/cat/0001.jpg", "cat"]], r"holds 1 label\(s\)"),
     ([["image", "label"], ["test/cat/0000.jpg", ""]], r"line 2: an empty image path or label"),
+    ([["image", "label"], ["test/cat/0000.jpg"]], r"line 2: an empty image path or label"),  # a short row
     ([["image", "label"], ["test/cat/0000.jpg", "cat"], ["test/cat/0000.jpg", "dog"]],
      r"line 3: image test/cat/0000\.jpg is listed again \(first on line 2\)"),
     ([["image", "label", "split"], ["test/cat/0000.jpg", "cat", "train"], ["test/dog/0000.jpg", "dog", "train"],
