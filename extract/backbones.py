@@ -464,6 +464,10 @@ def _timm_weights_file(name: str, cfg) -> str:
                         "they were downloaded, or pass --weights PATH to a local state dict") from None
             except EntryNotFoundError:
                 continue
+            except OSError as error:  # refused (a gated or removed repository), or the disk is full
+                raise UsageError(f"cannot download {name} weights from the Hugging Face Hub ({cfg.hf_hub_id}): "
+                                 f"{str(error).splitlines()[0][:200]}; or pass --weights PATH to a local state dict"
+                                 ) from None
     raise UsageError(f"the Hugging Face Hub repository {cfg.hf_hub_id} holds none of {', '.join(names)}")
 
 

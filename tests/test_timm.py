@@ -101,6 +101,18 @@ def test_weights_published_by_url_alone_go_through_the_torch_hub_cache(monkeypat
     assert backbone.weights == "timm:in1k" and backbone.weights_sha256 == file_sha256(target)
 
 
+def test_a_refused_download_is_one_line(monkeypatch):
+    def refused(repo_id, filename, local_files_only=False, **kwargs):
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        raise PermissionError("401 Client Error: access to this repository is restricted\nmore detail")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refused)
+    with pytest.raises(UsageError, match=r"from the Hugging Face Hub \(timm/resnet18\.\w+\): 401 Client Error: access "
+                                         r"to this repository is restricted; or pass --weights PATH"):
+        create_backbone("timm/resnet18")
+
+
 @pytest.mark.parametrize("name, size, dim, spatial", [
     ("timm/resnet18", 64, 512, True),                     # pools, then the classifier: the pool's input, pooled
     ("timm/convnext_atto", 64, 320, False),               # a norm between pool and classifier: its input
