@@ -200,3 +200,21 @@ def test_the_advisor_refuses_class_scores_other_than_imagenet_1k(monkeypatch, sa
     with pytest.raises(UsageError, match="ImageNet-1k class scores, and .* classifier has 21843 classes"):
         advise(str(sample_dir), "timm/vit_tiny_patch16_224.augreg_in21k", probe_per_class=2,
                cache_dir=str(tmp_path / "cache"), log=lambda message: None)
+
+
+@pytest.mark.parametrize("name", ["timm/resnet18", "timm/resnet18.tv_in1k", "timm/convnext_tiny.in12k_ft_in1k_384"])
+def test_a_photo_is_preprocessed_as_timms_own_eval_transform_does(name):
+    """Bicubic at crop_pct 0.95, bilinear at 0.875, a squash at 1.0: the same pixels as timm's transform."""
+    from PIL import Image
+    from skimage import data
+
+    from extract.pixels import resize_and_crop
+
+    photo = Image.fromarray(data.chelsea())  # 451 x 300
+    backbone = create_backbone(name, weights="none")
+    config = timm.data.resolve_data_config(model=backbone.model)
+    transform = timm.data.create_transform(**{**config, "mean": (0, 0, 0), "std": (1, 1, 1)})
+    expected = (transform(photo) * 255).round().to(torch.uint8)
+    ours = resize_and_crop(photo, backbone.preprocess)
+    assert ours.shape == expected.shape
+    assert torch.equal(ours, expected)
