@@ -146,3 +146,22 @@ def test_svm_path_follows_data_size_and_flags(limit, flags, expect_pairwise, cac
     assert reported == result["estimator"]  # what is reported is what was saved
     features, labels, _ = open_cache(cache_copy).load("test")
     assert float(np.mean(model.predict(features) == labels)) == pytest.approx(result["test_accuracy"])
+
+
+def test_knn_votes_the_nearest_train_images_by_cosine_similarity(cache_copy):
+    """No training: each test image takes the labels of its k most similar train images, closer ones weighing more."""
+    from classify.train import train_head
+
+    result = train_head(cache_copy, "knn", "n_neighbors=1", cv=2, n_jobs=1, log=lambda m: None)
+    assert result.test_accuracy > 0.3
+    cache = open_cache(cache_copy)
+    (x_train, y_train, _), (x_test, _, _) = cache.load("train"), cache.load("test")
+    unit_train, unit_test = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (x_train, x_test))
+    similarity = unit_test @ unit_train.T
+    np.testing.assert_array_equal(load_model(result.model_file)[0].predict(x_test), y_train[similarity.argmax(1)])
+    three = build_head("knn").set_params(clf__n_neighbors=3).fit(x_train, y_train)
+    nearest = np.argsort(-similarity, axis=1)[:, :3]
+    distance = np.sqrt(np.maximum(2 - 2 * np.take_along_axis(similarity, nearest, 1), 1e-12))
+    votes = np.zeros((len(x_test), len(cache.class_names)))
+    np.add.at(votes, (np.arange(len(x_test))[:, None], y_train[nearest]), 1 / distance)
+    np.testing.assert_array_equal(three.predict(x_test), votes.argmax(1))
