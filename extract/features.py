@@ -85,8 +85,10 @@ class FeatureModel(nn.Module):
         self.points = {name: available[name] for name in self.layers}
         penultimate = self.points.get("penultimate")
         if pool != "avg" and penultimate and not penultimate.spatial:
-            raise UsageError(f"{type(model).__name__} pools inside its forward pass, so only --pool avg is "
-                             "available for its penultimate layer")
+            stages = [name for name, point in available.items() if point.spatial]
+            hint = f"; --layers {stages[-1]} --pool {pool} pools its last feature map that way" if stages else ""
+            raise UsageError(f"{type(model).__name__} pools inside its forward pass (or changes the pooled features, "
+                             f"as a head's norm does), so only --pool avg is available for its penultimate layer{hint}")
         self._captured: dict[str, torch.Tensor] = {}
         self.layout = self._layout()
 

@@ -123,7 +123,7 @@ def test_max_pool_differs_from_avg_and_is_refused_where_the_model_pools_itself()
     avg = Extractor(backbone, "avg", ExtractionSettings()).images([Image.fromarray(image)])
     peak = Extractor(backbone, "max", ExtractionSettings()).images([Image.fromarray(image)])
     assert avg.shape == peak.shape == (1, 512) and np.all(peak >= avg - 1e-5) and not np.allclose(avg, peak)
-    with pytest.raises(UsageError, match="only --pool avg"):
+    with pytest.raises(UsageError, match="only --pool avg .*; --layers stage5 --pool max pools its last feature map"):
         FeatureModel(create_backbone("densenet121", weights="none").model, "max")
 
 
