@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "a check fails")
     parser.add_argument("--weights", default=None,
                         help="'default' (pretrained, the default), 'none' (random init), a weights name such as "
-                             "IMAGENET1K_V2, or a path to a local state-dict file")
+                             "IMAGENET1K_V2 (torchvision) or a pretrained tag such as fb_in22k (timm), or a path to a "
+                             "local state-dict file")
     parser.add_argument("--layers", default=DEFAULT_LAYER,
                         help="layers to read, comma-separated, all in one pass and one file: stageK (the output of "
                              "the last block at stride 2**K: stage2 ... stage5), penultimate (the default: what the "

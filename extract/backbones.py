@@ -399,8 +399,12 @@ def _create_timm(name: str, weights: str, image_size: int | None) -> Backbone:
         if not Path(weights).is_file():
             raise UsageError(f"weights file {weights} does not exist; pass an existing state-dict file to --weights")
         path, label = weights, str(Path(weights).resolve())
+    elif timm.list_pretrained(f"{arch}.{weights}"):  # --weights TAG, as --weights IMAGENET1K_V2 for torchvision
+        return _create_timm(f"{TIMM_PREFIX}{arch}.{weights}", "default", image_size)
     else:
-        raise UsageError(f"{canonical} has weights 'default', 'none' or a state-dict path, not {weights!r}")
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        raise UsageError(f"{canonical} has weights 'default', 'none', a state-dict path or one of its tags "
+                         f"({', '.join(tags) or 'none'}), not {weights!r}")
     model = _build_timm(canonical, path, image_size if cfg is not None and cfg.fixed_input_size else None)
     recipe = cfg.to_dict() if cfg is not None else model.pretrained_cfg  # the native size, before `image_size`
     crop = recipe["input_size"][-1]

@@ -75,6 +75,18 @@ def test_default_weights_are_read_from_the_hub_cache_and_fingerprinted(monkeypat
     assert again.weights_sha256 == backbone.weights_sha256
 
 
+def test_weights_may_name_a_tag_as_torchvision_weights_name_an_enum(monkeypatch, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(timm.create_model("resnet18").state_dict(), tmp_path / "model.safetensors")
+    calls = _fake_hub(monkeypatch, {"model.safetensors": str(tmp_path / "model.safetensors")})
+    backbone = create_backbone("timm/resnet18", weights="tv_in1k")
+    assert backbone.name == "timm/resnet18.tv_in1k" and backbone.weights == "timm:tv_in1k"
+    assert calls[0][0] == "timm/resnet18.tv_in1k" and backbone.preprocess.interpolation == "bilinear"
+    with pytest.raises(UsageError, match=r"'none', a state-dict path or one of its tags \(a1_in1k, .*\), not 'bogus'"):
+        create_backbone("timm/resnet18", weights="bogus")
+
+
 def test_offline_without_the_weights_says_where_they_go(monkeypatch):
     calls = _fake_hub(monkeypatch, {})
     with pytest.raises(UsageError, match=rf"cannot download timm/resnet18\.{RESNET18_TAG} weights: the Hugging Face "
