@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(result.layer_scores) > 1:
         print("best cv accuracy per layer: " + ", ".join(f"{name} {score:.4f}"
                                                          for name, score in result.layer_scores.items()))
-    print(f"\ntest accuracy {result.test_accuracy:.4f}   macro-F1 {result.macro_f1:.4f}   "
+    low, high = result.test_accuracy_interval
+    print(f"\ntest accuracy {result.test_accuracy:.4f} (95% interval {low:.3f}-{high:.3f})   "
+          f"macro-F1 {result.macro_f1:.4f}   "
           f"({result.n_test} test images, {result.n_train} train, {result.feature_dim} {result.layer} features)\n")
     print(result.report)
     print(format_confusion(np.asarray(result.confusion), result.class_names))

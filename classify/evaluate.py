@@ -12,15 +12,28 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 @dataclass
 class Evaluation:
     accuracy: float
+    accuracy_interval: tuple[float, float]
     macro_f1: float
     report: str
     confusion: np.ndarray
+
+
+def accuracy_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of an accuracy measured on `total` test images: how far the true accuracy may
+    be from the measured one for want of more test images (on 100 images, 0.66 means 0.56 to 0.75)."""
+    if total == 0:
+        return 0.0, 1.0
+    rate = correct / total
+    centre = (rate + z * z / (2 * total)) / (1 + z * z / total)
+    half = z / (1 + z * z / total) * np.sqrt(rate * (1 - rate) / total + z * z / (4 * total * total))
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> Evaluation:
     labels = np.arange(len(class_names))
     return Evaluation(
         accuracy=float(accuracy_score(y_true, y_pred)),
+        accuracy_interval=accuracy_interval(int(np.sum(y_true == y_pred)), len(y_true)),
         macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         report=classification_report(y_true, y_pred, labels=labels, target_names=class_names, digits=3,
                                      zero_division=0),

@@ -32,6 +32,7 @@ class TrainResult:
     cv_scores: list[dict]
     layer_scores: dict[str, float]
     test_accuracy: float
+    test_accuracy_interval: tuple[float, float]  # 95% Wilson interval: what the test split's size allows to say
     macro_f1: float
     n_train: int
     n_test: int
@@ -148,7 +149,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
         estimator=" -> ".join(repr(step) for name, step in model.steps if name != "layer"),
         best_params={short_name(k): v for k, v in search.best_params_.items()}, layer=selector.layer,
         cv_accuracy=float(search.best_score_), cv_scores=cv_scores, layer_scores=layer_scores,
-        test_accuracy=evaluation.accuracy, macro_f1=evaluation.macro_f1, n_train=len(y_train), n_test=len(y_test),
+        test_accuracy=evaluation.accuracy, test_accuracy_interval=evaluation.accuracy_interval,
+        macro_f1=evaluation.macro_f1, n_train=len(y_train), n_test=len(y_test),
         feature_dim=int(selector.transform(x_train[:1]).shape[1]), search_seconds=seconds, model_file=str(model_path),
         confusion_png=str(png), class_names=cache.class_names, report=evaluation.report,
         confusion=evaluation.confusion.tolist())

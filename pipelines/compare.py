@@ -55,7 +55,8 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
     best = max(results, key=lambda r: r.cv_accuracy)  # chosen by cross-validation, never by the test split
     model, _ = load_model(best.model_file)
     features, _, _ = cache.load("test")
-    return {"strategy": strategy, "test_accuracy": best.test_accuracy, "macro_f1": best.macro_f1,
+    return {"strategy": strategy, "test_accuracy": best.test_accuracy,
+            "test_accuracy_interval": best.test_accuracy_interval, "macro_f1": best.macro_f1,
             "seconds": time.perf_counter() - started, "trainable_params": fitted_parameter_count(model),
             "images_per_second": float(cache.attrs.get("images_per_second", 0.0)),
             "detail": f"{best.head} on {best.layer} {best.best_params}, cv accuracy {best.cv_accuracy:.4f}",
@@ -77,7 +78,8 @@ def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: 
                                   unfreeze_from=config.unfreeze_from if strategy == "partial" else None),
                           log=log, dataset=dataset)
         histories[strategy] = result.history
-        rows.append({"strategy": strategy, "test_accuracy": result.test_accuracy, "macro_f1": result.macro_f1,
+        rows.append({"strategy": strategy, "test_accuracy": result.test_accuracy,
+                     "test_accuracy_interval": result.test_accuracy_interval, "macro_f1": result.macro_f1,
                      "seconds": result.seconds, "trainable_params": result.trainable_params,
                      "images_per_second": result.train_images_per_second,
                      "detail": f"best epoch {result.best_epoch} of {result.epochs_run}",

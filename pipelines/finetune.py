@@ -96,6 +96,7 @@ class FinetuneConfig:
 class FinetuneResult:
     strategy: str
     test_accuracy: float
+    test_accuracy_interval: tuple[float, float]  # 95% Wilson interval (classify/evaluate.py)
     macro_f1: float
     best_epoch: int
     epochs_run: int
@@ -426,7 +427,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     seconds = sum(row["seconds"] for row in history) + time.perf_counter() - test_start
     evaluation = evaluate(test_split.labels, predictions, dataset.class_names)
     result = FinetuneResult(
-        strategy=config.mode, test_accuracy=evaluation.accuracy, macro_f1=evaluation.macro_f1,
+        strategy=config.mode, test_accuracy=evaluation.accuracy, test_accuracy_interval=evaluation.accuracy_interval,
+        macro_f1=evaluation.macro_f1,
         best_epoch=best_epoch, epochs_run=len(history), trainable_params=trainable, total_params=total,
         seconds=seconds,
         train_images_per_second=train_images / max(train_seconds, 1e-9), history=history,

@@ -52,10 +52,13 @@ def plot_test_accuracy(rows: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     names = [row["strategy"] for row in rows]
     values = [row["test_accuracy"] for row in rows]
-    bars = ax.bar(names, values, color=["#4c72b0" if n.startswith("frozen") else "#dd8452" for n in names])
-    for bar, value in zip(bars, values, strict=True):
-        ax.text(bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.3f}", ha="center")
-    ax.set(ylabel="test accuracy", ylim=(0, 1.05), title="test accuracy by strategy")
+    errors = np.array([[value - row["test_accuracy_interval"][0], row["test_accuracy_interval"][1] - value]
+                       for value, row in zip(values, rows, strict=True)]).T
+    bars = ax.bar(names, values, yerr=errors, capsize=4, ecolor="#333333",
+                  color=["#4c72b0" if n.startswith("frozen") else "#dd8452" for n in names])
+    for bar, value, high in zip(bars, values, errors[1], strict=True):
+        ax.text(bar.get_x() + bar.get_width() / 2, value + high + 0.01, f"{value:.3f}", ha="center")
+    ax.set(ylabel="test accuracy", ylim=(0, 1.1), title="test accuracy by strategy (whiskers: 95% interval)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -81,9 +84,11 @@ def plot_samples(images: list, predicted: list[str], true: list[str], path: Path
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| strategy | test accuracy | macro-F1 | wall time (s) | trainable params | images/s |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| strategy | test accuracy | 95% interval | macro-F1 | wall time (s) | trainable params | images/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        lines.append(f"| {row['strategy']} | {row['test_accuracy']:.4f} | {row['macro_f1']:.4f} | "
-                     f"{row['seconds']:.1f} | {row['trainable_params']:,} | {row['images_per_second']:.1f} |")
+        low, high = row["test_accuracy_interval"]
+        lines.append(f"| {row['strategy']} | {row['test_accuracy']:.4f} | {low:.3f}-{high:.3f} | "
+                     f"{row['macro_f1']:.4f} | {row['seconds']:.1f} | {row['trainable_params']:,} | "
+                     f"{row['images_per_second']:.1f} |")
     return "\n".join(lines)

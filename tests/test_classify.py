@@ -165,3 +165,17 @@ def test_knn_votes_the_nearest_train_images_by_cosine_similarity(cache_copy):
     votes = np.zeros((len(x_test), len(cache.class_names)))
     np.add.at(votes, (np.arange(len(x_test))[:, None], y_train[nearest]), 1 / distance)
     np.testing.assert_array_equal(three.predict(x_test), votes.argmax(1))
+
+
+def test_the_test_accuracy_comes_with_its_95_percent_wilson_interval(trained, cache_copy, capsys):
+    from classify.evaluate import accuracy_interval
+
+    low, high = accuracy_interval(66, 100)
+    assert (round(low, 4), round(high, 4)) == (0.5628, 0.7454)  # the textbook Wilson interval of 66 in 100
+    assert accuracy_interval(0, 10)[0] == 0.0 and accuracy_interval(10, 10)[1] == 1.0
+    assert accuracy_interval(660, 1000)[1] - accuracy_interval(660, 1000)[0] < high - low  # more images, narrower
+    low, high = trained.test_accuracy_interval
+    assert low < trained.test_accuracy < high
+    code, out, _ = run(main, ["logreg", str(cache_copy), "--grid", "C=0.01", "--cv", "2", "--json"], capsys)
+    interval = json.loads(out)["test_accuracy_interval"]
+    assert code == 0 and interval == list(accuracy_interval(round(json.loads(out)["test_accuracy"] * 60), 60))

@@ -78,10 +78,13 @@ def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
     rows = json.loads(stdout)
     assert [r["strategy"] for r in rows] == ["frozen", "frozen-layers", "head"]
     assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
+    assert all(low <= r["test_accuracy"] <= high for r in rows for low, high in [r["test_accuracy_interval"]])
     assert rows[0]["detail"].split()[:3] in (["logreg", "on", "penultimate"], ["svm", "on", "penultimate"])
     assert rows[1]["detail"].startswith("logreg on ")  # the layer it chose by CV follows
     report = (out / "report.md").read_text()
     assert "| frozen |" in report and "| frozen-layers |" in report and "| head |" in report
+    low, high = rows[0]["test_accuracy_interval"]
+    assert "| 95% interval |" in report and f"| {low:.3f}-{high:.3f} |" in report
     for png in ("val_curves.png", "test_accuracy.png", "samples.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"({png})" in report
 
