@@ -50,6 +50,10 @@ class _Stop(Exception):
     """Raised by the hook of the deepest requested layer: nothing after it is computed."""
 
 
+class NoLogitsError(UsageError):
+    """`logits` asked of a backbone without a classifier."""
+
+
 def resolve_layers(text: str | None, available: dict[str, LayerPoint]) -> list[str]:
     """'stage3,penultimate' or 'all' (every stage and penultimate; 'all,logits' adds the class scores) -> layer
     names in forward order, checked."""
@@ -58,8 +62,8 @@ def resolve_layers(text: str | None, available: dict[str, LayerPoint]) -> list[s
         names = [name for name in names if name != "all"] + [name for name in available if name != "logits"]
     unknown = [name for name in names if name not in available]
     if unknown == ["logits"]:
-        raise UsageError("this backbone was built without a classifier (a timm model with num_classes=0, such as "
-                         "DINOv2), so it gives no logits; use its other layers")
+        raise NoLogitsError("this backbone was built without a classifier (a timm model with num_classes=0, such as "
+                            "DINOv2), so it gives no logits; use its other layers")
     if unknown or not names:
         raise UsageError(f"unknown layer {', '.join(unknown) or repr(text)}; this backbone has "
                          f"{', '.join(available)} (or 'all')")

@@ -25,7 +25,7 @@ from classify.heads import build_head
 from extract.backbones import DEFAULT_BACKBONE
 from extract.datasets import resolve_dataset
 from extract.errors import UsageError
-from extract.features import ExtractionSettings
+from extract.features import ExtractionSettings, NoLogitsError
 from extract.run import DEFAULT_CACHE_DIR, ExtractRequest, extract_to_cache
 from extract.store import open_cache
 
@@ -92,10 +92,15 @@ def measure_similarity(dataset: str, backbone: str = DEFAULT_BACKBONE, probe_per
                        image_size: int | None = None, cache_dir: str = DEFAULT_CACHE_DIR, data_root: str = "data",
                        settings: ExtractionSettings | None = None, log: Callable[[str], None] = print) -> dict:
     """Both similarity signals, from every stage, the penultimate layer and the logits of the probe sample."""
-    extracted = extract_to_cache(ExtractRequest(
-        backbone=backbone, dataset=dataset, layers="all,logits", image_size=image_size,
-        limit_per_class=probe_per_class, data_root=data_root, cache_dir=cache_dir,
-        settings=settings or ExtractionSettings()), log=log)
+    try:
+        extracted = extract_to_cache(ExtractRequest(
+            backbone=backbone, dataset=dataset, layers="all,logits", image_size=image_size,
+            limit_per_class=probe_per_class, data_root=data_root, cache_dir=cache_dir,
+            settings=settings or ExtractionSettings()), log=log)
+    except NoLogitsError:
+        raise UsageError(f"the advisor reads ImageNet-1k class scores, and {backbone} was built without a "
+                         "classifier; advise with an ImageNet-1k backbone (the default), then run the one you like"
+                         ) from None
     cache = open_cache(extracted.path)
     features, labels, _ = cache.load("train")
     smallest = int(np.bincount(labels).min())

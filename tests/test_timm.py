@@ -230,3 +230,17 @@ def test_a_photo_is_preprocessed_as_timms_own_eval_transform_does(name):
     ours = resize_and_crop(photo, backbone.preprocess)
     assert ours.shape == expected.shape
     assert torch.equal(ours, expected)
+
+
+def test_the_advisor_says_why_a_backbone_without_a_classifier_cannot_advise(monkeypatch, sample_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from pipelines.advise import advise
+
+    path = tmp_path / "model.safetensors"
+    save_file(timm.create_model("vit_small_patch14_dinov2", img_size=56).state_dict(), path)
+    _fake_hub(monkeypatch, {"model.safetensors": str(path)})
+    with pytest.raises(UsageError, match="reads ImageNet-1k class scores, and timm/vit_small_patch14_dinov2 was built "
+                                         "without a classifier; advise with an ImageNet-1k backbone"):
+        advise(str(sample_dir), DINOV2, probe_per_class=2, image_size=56, cache_dir=str(tmp_path / "cache"),
+               log=lambda message: None)
