@@ -78,6 +78,17 @@ def check_grid_values(estimator, grid: dict[str, list], x: np.ndarray, y: np.nda
             raise UsageError(f"--grid {grid_text!r} does not suit {head}: {reason}") from error
 
 
+def check_neighbours(grid: dict[str, list], folds: StratifiedKFold, y: np.ndarray) -> None:
+    """knn can ask for no more neighbours than a cross-validation split trains on (scikit-learn finds out only when
+    it predicts, deep in the search)."""
+    largest = max(grid.get("clf__n_neighbors", [0]))
+    fold = min(len(train) for train, _ in folds.split(np.zeros(len(y)), y))
+    cv = folds.get_n_splits()
+    if largest > fold:
+        raise UsageError(f"--grid n_neighbors={largest}: the smallest of the {cv} cross-validation splits trains on "
+                         f"{fold} images; use {fold} or fewer neighbours")
+
+
 def default_layer(layout: dict) -> str:
     """penultimate when the cache holds it (what transfer learning usually reads), else its deepest layer."""
     candidates = [name for name in layout if name != "logits"] or list(layout)
@@ -120,6 +131,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     estimator.named_steps["layer"].fit(x_train[:2])  # an unknown --layer fails here, before any search
     if grid_text:
         check_grid_values(estimator, grid, x_train, y_train, grid_text, head)
+    folds = StratifiedKFold(cv, shuffle=True, random_state=0)
+    check_neighbours(grid, folds, y_train)
     if use_pairwise:
         why = "--pairwise" if pairwise else (f"{len(y_train)} train samples, above the {heads.EXACT_SVM_MAX_TRAIN} "
                                              "where scikit-learn's SVC takes a minute; --exact forces it")
@@ -127,7 +140,7 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     combos = int(np.prod([len(v) for v in grid.values()]))
     log(f"{head}: GridSearchCV over {dict((short_name(k), v) for k, v in grid.items())}, "
         f"{cv}-fold on {len(y_train)} train samples x {x_train.shape[1]} features ({combos * cv} fits + 1)")
-    search = GridSearchCV(estimator, grid, cv=StratifiedKFold(cv, shuffle=True, random_state=0),
+    search = GridSearchCV(estimator, grid, cv=folds,
                           n_jobs=n_jobs, error_score="raise")
     started = time.perf_counter()
     with sweep_backend(backend, scheduler, log):

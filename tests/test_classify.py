@@ -107,6 +107,8 @@ def test_tampered_model_is_refused(trained, tmp_path):
     (["linearsvm", "--grid", "C=-1"], "--grid 'C=-1' does not suit linearsvm: C must be a positive number"),
     (["linearsvm", "--grid", "C=abc"], "C must be a positive number, not 'abc'"),
     (["logreg", "--grid", "C=-1"], "does not suit logreg: The 'C' parameter of LogisticRegression"),
+    (["knn", "--grid", "n_neighbors=41"], "n_neighbors=41: the smallest of the 3 cross-validation splits trains on 40 "
+                                          "images; use 40 or fewer neighbours"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, cache_copy, capsys):
     if argv[1:2] != ["no-such.h5"]:
