@@ -40,7 +40,8 @@ class BadImageError(Exception):
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: 16-bit and float scaled (not clipped), transparency over white."""
+    """Any PIL mode to 8-bit RGB: 16-bit and float scaled (not clipped), transparency over white. An RGB image comes
+    back as it is: `convert` would copy it (20 ms for a 12-megapixel photo, a third of its decoding)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         high = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
@@ -50,7 +51,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def load_image(path: str | Path, sample_id: str) -> Image.Image:
