@@ -81,6 +81,11 @@ class Backbone:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def name_in_paths(name: str) -> str:
+    """A backbone name as one part of a file or folder name: timm/ARCH.TAG -> timm-ARCH.TAG."""
+    return name.replace("/", "-")
+
+
 def list_backbones() -> list[str]:
     """The named backbones: the offline EfficientNet-Lite family and torchvision's models. `create_backbone` also
     takes any timm model as `timm/ARCH[.TAG]` (`timm.list_pretrained()` lists its weights)."""
@@ -384,9 +389,9 @@ def _create_timm(name: str, weights: str, image_size: int | None) -> Backbone:
     try:
         cfg = get_pretrained_cfg(full)
     except RuntimeError:
-        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
-        raise UsageError(f"timm's {arch} has no pretrained tag {full.partition('.')[2]!r}; choose one of "
-                         f"{', '.join(tags) or '(none: use --weights none or a state-dict path)'}") from None
+        tags = ", ".join(_timm_tags(arch)) or "(none: use --weights none or a state-dict path)"
+        raise UsageError(f"timm's {arch} has no pretrained tag {full.partition('.')[2]!r}; choose one of {tags}"
+                         ) from None
     canonical = f"{TIMM_PREFIX}{arch}.{cfg.tag}" if cfg is not None and cfg.tag else f"{TIMM_PREFIX}{arch}"
     label = f"timm:{cfg.tag}" if cfg is not None else None
     if weights == "none":
@@ -399,12 +404,11 @@ def _create_timm(name: str, weights: str, image_size: int | None) -> Backbone:
         if not Path(weights).is_file():
             raise UsageError(f"weights file {weights} does not exist; pass an existing state-dict file to --weights")
         path, label = weights, str(Path(weights).resolve())
-    elif timm.list_pretrained(f"{arch}.{weights}"):  # --weights TAG, as --weights IMAGENET1K_V2 for torchvision
+    elif weights in _timm_tags(arch):  # --weights TAG, as --weights IMAGENET1K_V2 for torchvision
         return _create_timm(f"{TIMM_PREFIX}{arch}.{weights}", "default", image_size)
     else:
-        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
         raise UsageError(f"{canonical} has weights 'default', 'none', a state-dict path or one of its tags "
-                         f"({', '.join(tags) or 'none'}), not {weights!r}")
+                         f"({', '.join(_timm_tags(arch)) or 'none'}), not {weights!r}")
     model = _build_timm(canonical, path, image_size if cfg is not None and cfg.fixed_input_size else None)
     recipe = cfg.to_dict() if cfg is not None else model.pretrained_cfg  # the native size, before `image_size`
     crop = recipe["input_size"][-1]
@@ -415,6 +419,13 @@ def _create_timm(name: str, weights: str, image_size: int | None) -> Backbone:
         return Backbone(canonical, model, "none", "none", preprocess, None, None)
     categories = _imagenet_categories() if label.startswith("timm:") and recipe["num_classes"] == 1000 else None
     return Backbone(canonical, model, label, file_sha256(path), preprocess, categories, None)
+
+
+def _timm_tags(arch: str) -> list[str]:
+    """The pretrained tags timm knows for an architecture (resnet18: a1_in1k, ..., tv_in1k)."""
+    import timm
+
+    return [name.partition(".")[2] for name in timm.list_pretrained(f"{arch}.*")]
 
 
 def _build_timm(name: str, path: str | None, image_size: int | None) -> nn.Module:

@@ -187,6 +187,11 @@ def hold_out(classes: dict[str, list[str]], fraction: float = HELD_OUT_FRACTION)
     return train, test
 
 
+def _held_out_note(why: str) -> str:
+    return (f"{why}: {HELD_OUT_FRACTION:.0%} of each class held out as the test split (chosen by a hash of the file "
+            "names: the same files every run)")
+
+
 def _folder_dataset(root: Path, limit_per_class: int | None) -> Dataset:
     """root/{train,test or val}/<class>/*; or, without a test split, root/train/<class>/* or root/<class>/* with
     a held-out test split (`hold_out`)."""
@@ -211,8 +216,7 @@ def _folder_dataset(root: Path, limit_per_class: int | None) -> Dataset:
         classes = _class_folders(labelled, root, left_out)
         _check_classes(classes, labelled)
         train, test = hold_out(classes)
-        notes.append(f"no test/ or val/ folder in {root}: {HELD_OUT_FRACTION:.0%} of each class held out as the test "
-                     "split (chosen by a hash of the file names: the same files every run)")
+        notes.append(_held_out_note(f"no test/ or val/ folder in {root}"))
     notes.append(_left_out_note(left_out))
     return _files_dataset(root.resolve().name, root, train, test, limit_per_class, notes)
 
@@ -278,8 +282,7 @@ def _csv_dataset(table: Path, limit_per_class: int | None) -> Dataset:
     notes = []
     if not test:
         train, test = hold_out(train)
-        notes.append(f"no test rows in {table.name}: {HELD_OUT_FRACTION:.0%} of each class held out as the test split "
-                     "(chosen by a hash of the file names: the same files every run)")
+        notes.append(_held_out_note(f"no test rows in {table.name}"))
     elif set(train) != set(test):
         only_train, only_test = sorted(set(train) - set(test)) or "-", sorted(set(test) - set(train)) or "-"
         raise UsageError(f"the labels of the train and test rows of {table} differ (only in train: {only_train}; "

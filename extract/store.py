@@ -34,6 +34,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from extract.backbones import name_in_paths
 from extract.errors import UsageError
 
 FORMAT_VERSION = 2  # 2 added several layers per file (`layout`); format 1 files (one layer) are still read
@@ -54,9 +55,8 @@ def entry_name(attrs: dict) -> str:
         weights_slug = Path(weights).stem
     else:  # "ResNet18_Weights.IMAGENET1K_V1" -> IMAGENET1K_V1, "package:imagenet" -> imagenet, "timm:TAG" -> TAG
         weights_slug = weights.split(".")[-1].split(":")[-1]
-    backbone = attrs["backbone"].replace("/", "-")  # timm/ARCH.TAG
-    readable = (f"{attrs['dataset']}__{backbone}__{weights_slug}__{attrs['layer']}-{attrs['pool']}__"
-                f"{attrs['image_size']}px")
+    readable = (f"{attrs['dataset']}__{name_in_paths(attrs['backbone'])}__{weights_slug}__"
+                f"{attrs['layer']}-{attrs['pool']}__{attrs['image_size']}px")
     identity = json.dumps({k: attrs[k] for k in IDENTITY_ATTRS}, sort_keys=True)
     return f"{readable}__{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 

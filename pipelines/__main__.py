@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from extract.backbones import DEFAULT_BACKBONE
+from extract.backbones import DEFAULT_BACKBONE, name_in_paths
 from extract.datasets import CSV_SUFFIXES
 from extract.errors import exit_cli
 from extract.features import ExtractionSettings
@@ -113,11 +113,6 @@ def config_from(args: argparse.Namespace) -> FinetuneConfig:
     return FinetuneConfig(**{k: v for k, v in vars(args).items() if k in keys and v is not None})
 
 
-def run_name(backbone: str) -> str:
-    """A backbone name as one folder name (timm/ARCH.TAG -> timm-ARCH.TAG)."""
-    return backbone.replace("/", "-")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
@@ -131,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         from extract.distributed import shutdown, world
         from pipelines.finetune import finetune
 
-        args.out = args.out or f"runs/{run_name(args.backbone)}-{slug}-{args.mode}"
+        args.out = args.out or f"runs/{name_in_paths(args.backbone)}-{slug}-{args.mode}"
         try:
             result = finetune(config_from(args), resume=args.resume, log=log)
             if world().is_main:
@@ -147,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.compare import compare, parse_strategies
     from pipelines.report import markdown_table
 
-    out = args.out or f"reports/{run_name(args.backbone)}-{slug}"
+    out = args.out or f"reports/{name_in_paths(args.backbone)}-{slug}"
     rows = compare(config_from(args), parse_strategies(args.strategies), args.cache_dir, out, log=log)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "test_predictions"} for r in rows]))
@@ -168,7 +163,7 @@ def run_advise(args: argparse.Namespace, slug: str, log) -> int:
     if not args.json:
         print(format_advice(advice))
     if args.run:
-        out = args.out or f"reports/{run_name(args.backbone)}-{slug}-advised"
+        out = args.out or f"reports/{name_in_paths(args.backbone)}-{slug}-advised"
         config = FinetuneConfig(backbone=args.backbone, dataset=args.dataset, image_size=args.image_size,
                                 limit_per_class=args.limit_per_class, data_root=args.data_root, workers=args.workers)
         (row,) = compare(config, [advice.strategy], args.cache_dir, out, log=log)
