@@ -10,7 +10,9 @@ import difflib
 import hashlib
 import math
 import os
+import socket
 import urllib.error
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -467,16 +469,18 @@ def _timm_weights_file(name: str, cfg) -> str:
                                  f"file at {target}, or pass --weights PATH to a local state dict") from None
         return str(target)
     names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    offline = UsageError(f"cannot download {name} weights: the Hugging Face Hub ({cfg.hf_hub_id}) cannot be reached "
+                         f"and its cache {constants.HF_HUB_CACHE} does not hold them; copy that cache from a machine "
+                         "where they were downloaded, or pass --weights PATH to a local state dict")
     for local_only in (True, False):  # the cache first: no network call where the file is already there
+        if not local_only and not _host_resolves(constants.ENDPOINT):
+            raise offline
         for filename in names:
             try:
                 return hf_hub_download(cfg.hf_hub_id, filename, local_files_only=local_only)
             except LocalEntryNotFoundError:
                 if not local_only:
-                    raise UsageError(
-                        f"cannot download {name} weights: the Hugging Face Hub ({cfg.hf_hub_id}) cannot be reached and "
-                        f"its cache {constants.HF_HUB_CACHE} does not hold them; copy that cache from a machine where "
-                        "they were downloaded, or pass --weights PATH to a local state dict") from None
+                    raise offline from None
             except EntryNotFoundError:
                 continue
             except OSError as error:  # refused (a gated or removed repository), or the disk is full
@@ -519,6 +523,19 @@ def _create_torchvision(name: str, weights: str) -> Backbone:
     return Backbone(name, model, label, sha, _preprocess_of(reference),
                     list(chosen.meta["categories"]) if chosen is not None else None,
                     chosen.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1") if chosen else None)
+
+
+def _host_resolves(url: str) -> bool:
+    """False where the URL's host has no address (offline): huggingface_hub would retry for ~23 s, logging each try.
+
+    Behind a proxy the host may resolve only there, so a configured proxy counts as reachable."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.getaddrinfo(urllib.parse.urlsplit(url).hostname, 443)
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 def _hub_file(url: str) -> Path:

@@ -1,5 +1,7 @@
 """Any timm model as `timm/ARCH[.TAG]`: its recipe, its Hub weights (faked offline), its features, fine-tuning."""
 
+import socket
+
 import huggingface_hub
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import timm
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from extract.backbones import create_backbone, feature_layers, file_sha256, replace_classifier
+from extract.backbones import _host_resolves, create_backbone, feature_layers, file_sha256, replace_classifier
 from extract.errors import UsageError
 from extract.features import FeatureModel
 from tests.conftest import QUICK, run
@@ -42,6 +44,18 @@ def test_unknown_timm_models_and_tags_are_refused_with_the_choices():
         create_backbone("timm/resnet181", weights="none")
     with pytest.raises(UsageError, match="no pretrained tag 'bogus'; choose one of a1_in1k, .*tv_in1k"):
         create_backbone("timm/resnet18.bogus", weights="none")
+
+
+def _fake_resolver(monkeypatch, resolves: bool) -> None:
+    """Host names resolve (the network is there), or not (offline), whatever the machine running the tests has."""
+    def getaddrinfo(host, port, *args, **kwargs):
+        if not resolves:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
 
 
 def _fake_hub(monkeypatch, files: dict[str, str]) -> list[tuple[str, str, bool]]:
@@ -87,12 +101,24 @@ def test_weights_may_name_a_tag_as_torchvision_weights_name_an_enum(monkeypatch,
         create_backbone("timm/resnet18", weights="bogus")
 
 
-def test_offline_without_the_weights_says_where_they_go(monkeypatch):
+@pytest.mark.parametrize("resolves, tries", [
+    (False, [True, True]),         # offline: the host has no address, so no download is tried (23 s of retries)
+    (True, [True, True, False]),   # the host resolves but the Hub cannot be reached: huggingface_hub says so
+])
+def test_offline_without_the_weights_says_where_they_go(monkeypatch, resolves, tries):
+    _fake_resolver(monkeypatch, resolves)
     calls = _fake_hub(monkeypatch, {})
     with pytest.raises(UsageError, match=rf"cannot download timm/resnet18\.{RESNET18_TAG} weights: the Hugging Face "
                                          r"Hub .* cannot be reached.*--weights PATH"):
         create_backbone("timm/resnet18")
-    assert [local for _, _, local in calls] == [True, True, False]  # both file names in the cache, then the Hub
+    assert [local for _, _, local in calls] == tries  # both file names in the cache first
+
+
+def test_a_configured_proxy_is_left_to_resolve_the_hub(monkeypatch):
+    _fake_resolver(monkeypatch, resolves=False)
+    assert not _host_resolves("https://huggingface.co")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert _host_resolves("https://huggingface.co")
 
 
 def test_weights_published_by_url_alone_go_through_the_torch_hub_cache(monkeypatch, tmp_path):
@@ -114,6 +140,8 @@ def test_weights_published_by_url_alone_go_through_the_torch_hub_cache(monkeypat
 
 
 def test_a_refused_download_is_one_line(monkeypatch):
+    _fake_resolver(monkeypatch, resolves=True)
+
     def refused(repo_id, filename, local_files_only=False, **kwargs):
         if local_files_only:
             raise LocalEntryNotFoundError("not cached")
