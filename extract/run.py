@@ -181,7 +181,7 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
             f"{attrs['image_size']} px, {attrs['precision']}")
         if dataset.test_copies:
             log(copies_warning(dataset.test_copies))
-        started, done = time.perf_counter(), 0  # the time includes compiling, if any
+        started, done, unreadable = time.perf_counter(), 0, 0  # the time includes compiling, if any
         compiled = extractor.compile_for(sum(todo.values()))
         if compiled:
             log(compiled)
@@ -196,7 +196,9 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
                                          f"pass --skip-bad to leave them out (features so far are kept)")
                     writer.write(name, row, features, [sample_id for sample_id, _ in errors])
                     if errors:
-                        log(f"skipped unreadable: {'; '.join(reason for _, reason in errors)}")
+                        unreadable += len(errors)
+                        with tqdm.external_write_mode(file=sys.stderr):  # its own line, above the bar
+                            log(f"skipped unreadable: {'; '.join(reason for _, reason in errors)}")
                     bar.update(len(features))
                     done += len(features)
                     if interrupted:
@@ -206,7 +208,8 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
                               compiled=extractor.compiled, test_copies_of_train=len(dataset.test_copies))
     finally:
         writer.close()
-    log(f"wrote {final} ({done} images in {seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s)")
+    left_out = f"; {unreadable} unreadable, left out" if unreadable else ""
+    log(f"wrote {final} ({done} images in {seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s{left_out})")
     return ExtractResult(final, reused=False, images=done, seconds=seconds)
 
 

@@ -76,6 +76,8 @@ def test_unreadable_images_are_named_or_skipped(tmp_path, sample_dir, capsys):
 
     code, out, err = run(main, [*args, "--skip-bad"], capsys)
     assert code == 0
+    assert re.search(r"(^|[\r\n])skipped unreadable: train/bird/0000.jpg", err)  # on its own line, not the bar's
+    assert re.search(r"wrote .*; 2 unreadable, left out\)", err)
     features, labels, ids = open_cache(out.strip()).load("train")
     assert len(ids) == 58 and "train/bird/0000.jpg" not in ids and np.isfinite(features).all()
 
