@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model_file", help="a .joblib written by a training command")
     predict.add_argument("images", nargs="+", help="image files, or folders (every image under them)")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--skip-bad", action="store_true",
+                         help="name unreadable images on stderr and classify the rest (default: stop at the first)")
     return parser
 
 
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "predict":
         from classify.predict import predict_images
 
-        for path, label in predict_images(args.model_file, args.images, device=args.device):
+        for path, label in predict_images(args.model_file, args.images, device=args.device, skip_bad=args.skip_bad,
+                                          log=lambda message: print(message, file=sys.stderr)):
             print(f"{path}\t{label}", flush=True)
         return 0
 

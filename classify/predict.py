@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from classify.models import load_model
@@ -29,10 +29,11 @@ def image_files(paths: list[str]) -> list[str]:
     return files
 
 
-def predict_images(model_path: str | Path, paths: list[str], device: str = "auto",
-                   batch_size: int = 32) -> Iterator[tuple[str, str]]:
+def predict_images(model_path: str | Path, paths: list[str], device: str = "auto", batch_size: int = 32,
+                   skip_bad: bool = False, log: Callable[[str], None] = print) -> Iterator[tuple[str, str]]:
     """(path, predicted class name) for each image, in order, a batch at a time (memory stays flat however many
-    images there are); folders stand for the images under them."""
+    images there are); folders stand for the images under them. An unreadable image stops the run, or with
+    `skip_bad` is named through `log` and left out, as `extract --skip-bad` does."""
     model, metadata = load_model(model_path)
     source = metadata["provenance"]
     files = image_files(paths)
@@ -48,9 +49,16 @@ def predict_images(model_path: str | Path, paths: list[str], device: str = "auto
                           layers=source["layer"])
     names = metadata["class_names"]
     for start in range(0, len(files), batch_size):
-        batch = files[start:start + batch_size]
-        try:
-            images = [load_image(path, path) for path in batch]
-        except BadImageError as error:
-            raise UsageError(f"cannot read image {error}") from None
-        yield from zip(batch, (names[int(label)] for label in model.predict(extractor.images(images))), strict=True)
+        batch, images = [], []
+        for path in files[start:start + batch_size]:
+            try:
+                images.append(load_image(path, path))
+                batch.append(path)
+            except BadImageError as error:
+                if not skip_bad:
+                    raise UsageError(f"cannot read image {error}; fix or remove it, or pass --skip-bad to leave "
+                                     "unreadable images out") from None
+                log(f"skipped unreadable: {error}")
+        if images:
+            labels = model.predict(extractor.images(images))
+            yield from zip(batch, (names[int(label)] for label in labels), strict=True)

@@ -70,6 +70,18 @@ def test_predict_takes_folders_and_checks_every_path_first(trained, cache_copy, 
         assert code == 2 and message in err and out == "", err
 
 
+def test_predict_stops_at_an_unreadable_image_or_skips_it(trained, sample_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    shutil.copytree(sample_dir / "test" / "cat", folder)
+    good = sorted(str(path) for path in folder.glob("*.jpg"))
+    (folder / "0003.jpg").write_bytes(b"not a jpeg")
+    code, out, err = run(main, ["predict", trained.model_file, str(folder)], capsys)
+    assert code == 2 and "cannot read image" in err and "0003.jpg" in err and "--skip-bad" in err
+    code, out, err = run(main, ["predict", trained.model_file, str(folder), "--skip-bad"], capsys)
+    assert code == 0 and "skipped unreadable: " in err and "0003.jpg" in err
+    assert [line.split("\t")[0] for line in out.strip().splitlines()] == [p for p in good if "0003" not in p]
+
+
 def test_cli_json_and_plot(cache_copy, capsys):
     code, out, err = run(main, ["svm", str(cache_copy), "--grid", "C=1,10", "--cv", "2", "--n-jobs", "1", "--json"],
                          capsys)
