@@ -185,6 +185,15 @@ def test_folder_layout_mistakes_are_named(layout, message, tmp_path, sample_dir,
     assert not (tmp_path / "c").exists()
 
 
+def test_a_plain_folder_of_photos_is_told_how_to_label_them(tmp_path, sample_dir, capsys):
+    (tmp_path / "photos").mkdir()
+    for name in ("a.jpg", "b.JPG"):
+        shutil.copy(sample_dir / "train" / "cat" / "0000.jpg", tmp_path / "photos" / name)
+    code, _, err = run(main, ["efficientnet_lite0", str(tmp_path / "photos")], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "holds 2 images but 0 class folder(s)" in err and "/<class>/" in err and "Extractor.images" in err
+
+
 def test_split_folder_missing(tmp_path, capsys):
     (tmp_path / "photos" / "val" / "a").mkdir(parents=True)
     code, _, err = run(main, ["efficientnet_lite0", str(tmp_path / "photos")], capsys)
