@@ -31,6 +31,7 @@ EFFICIENTNET_LITE = {
 }
 DEFAULT_BACKBONE = "efficientnet_lite0"
 TIMM_PREFIX = "timm/"  # timm/ARCH or timm/ARCH.TAG: any timm model, its weights from the Hugging Face Hub
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")  # where a proxy reaches the Hub
 PROBE_SIZE = 224  # input size of the forward passes that find layers and check folds, where the model allows it
 
 
@@ -490,6 +491,19 @@ def _timm_weights_file(name: str, cfg) -> str:
     raise UsageError(f"the Hugging Face Hub repository {cfg.hf_hub_id} holds none of {', '.join(names)}")
 
 
+def _host_resolves(url: str) -> bool:
+    """False where the URL's host has no address (offline): huggingface_hub would retry for ~23 s, logging each try.
+
+    Behind a proxy the host may resolve only there, so a configured proxy counts as reachable."""
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
+    try:
+        socket.getaddrinfo(urllib.parse.urlsplit(url).hostname, 443)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
 # ---- torchvision -----------------------------------------------------------------------------------------
 
 
@@ -523,19 +537,6 @@ def _create_torchvision(name: str, weights: str) -> Backbone:
     return Backbone(name, model, label, sha, _preprocess_of(reference),
                     list(chosen.meta["categories"]) if chosen is not None else None,
                     chosen.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1") if chosen else None)
-
-
-def _host_resolves(url: str) -> bool:
-    """False where the URL's host has no address (offline): huggingface_hub would retry for ~23 s, logging each try.
-
-    Behind a proxy the host may resolve only there, so a configured proxy counts as reachable."""
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    try:
-        socket.getaddrinfo(urllib.parse.urlsplit(url).hostname, 443)
-    except (OSError, UnicodeError):
-        return False
-    return True
 
 
 def _hub_file(url: str) -> Path:

@@ -9,7 +9,14 @@ import timm
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from extract.backbones import _host_resolves, create_backbone, feature_layers, file_sha256, replace_classifier
+from extract.backbones import (
+    PROXY_VARIABLES,
+    _host_resolves,
+    create_backbone,
+    feature_layers,
+    file_sha256,
+    replace_classifier,
+)
 from extract.errors import UsageError
 from extract.features import FeatureModel
 from tests.conftest import QUICK, run
@@ -54,7 +61,7 @@ def _fake_resolver(monkeypatch, resolves: bool) -> None:
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", port))]
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for proxy in PROXY_VARIABLES:
         monkeypatch.delenv(proxy, raising=False)
 
 
