@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--pairwise", action="store_true",
                              help="always fit PairwiseSVC (the same model; it needs the kernel of the two largest "
                                   "classes in memory: (n_a + n_b)^2 x 8 bytes)")
-    predict = commands.add_parser("predict", help="classify image files with a saved head")
+    predict = commands.add_parser("predict", help="classify image files with a saved head",
+                                  description="Prints PATH<TAB>CLASS<TAB>PROBABILITY per image, in order; the "
+                                              "probability (of the predicted class) only for heads that give one "
+                                              "(logreg, knn), not the SVMs.")
     predict.add_argument("model_file", help="a .joblib written by a training command")
     predict.add_argument("images", nargs="+", help="image files, or folders (every image under them)")
     predict.add_argument("--device", default="auto")
@@ -77,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "predict":
         from classify.predict import predict_images
 
-        for path, label in predict_images(args.model_file, args.images, device=args.device, skip_bad=args.skip_bad,
-                                          log=lambda message: print(message, file=sys.stderr)):
-            print(f"{path}\t{label}", flush=True)
+        for path, label, probability in predict_images(args.model_file, args.images, device=args.device,
+                                                       skip_bad=args.skip_bad,
+                                                       log=lambda message: print(message, file=sys.stderr)):
+            print(f"{path}\t{label}" + ("" if probability is None else f"\t{probability:.3f}"), flush=True)
         return 0
 
     from classify.train import train_head

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from classify.models import load_model
 from extract.backbones import create_backbone
@@ -29,9 +32,18 @@ def image_files(paths: list[str]) -> list[str]:
     return files
 
 
+class Prediction(NamedTuple):
+    """One image's predicted class; `probability` is the head's probability of that class, None for heads that give
+    none (the SVMs: their decision values are not probabilities)."""
+
+    path: str
+    label: str
+    probability: float | None
+
+
 def predict_images(model_path: str | Path, paths: list[str], device: str = "auto", batch_size: int = 32,
-                   skip_bad: bool = False, log: Callable[[str], None] = print) -> Iterator[tuple[str, str]]:
-    """(path, predicted class name) for each image, in order, a batch at a time (memory stays flat however many
+                   skip_bad: bool = False, log: Callable[[str], None] = print) -> Iterator[Prediction]:
+    """A Prediction for each image, in order, a batch at a time (memory stays flat however many
     images there are); folders stand for the images under them. An unreadable image stops the run, or with
     `skip_bad` is named through `log` and left out, as `extract --skip-bad` does."""
     model, metadata = load_model(model_path)
@@ -60,5 +72,17 @@ def predict_images(model_path: str | Path, paths: list[str], device: str = "auto
                                      "unreadable images out") from None
                 log(f"skipped unreadable: {error}")
         if images:
-            labels = model.predict(extractor.images(images))
-            yield from zip(batch, (names[int(label)] for label in labels), strict=True)
+            yield from _predict_batch(model, extractor.images(images), batch, names)
+
+
+def _predict_batch(model, features: np.ndarray, paths: list[str], names: list[str]) -> Iterator[Prediction]:
+    """The head's own predict() for the labels (the predictions it was scored on), and the probability it gives each
+    of them where it has predict_proba."""
+    labels = model.predict(features)
+    probabilities = [None] * len(labels)
+    if hasattr(model, "predict_proba"):
+        table = model.predict_proba(features)
+        columns = np.searchsorted(model.classes_, labels)
+        probabilities = [float(p) for p in table[np.arange(len(labels)), columns]]
+    for path, label, probability in zip(paths, labels, probabilities, strict=True):
+        yield Prediction(path, names[int(label)], probability)

@@ -50,7 +50,24 @@ def test_predict_new_images_uses_the_recorded_backbone(trained, cache_copy, samp
     expected = [metadata["class_names"][int(i)] for i in model.predict(features[picked])]
     code, out, _ = run(main, ["predict", trained.model_file, *[str(sample_dir / ids[i]) for i in picked]], capsys)
     assert code == 0
-    assert [line.split("\t")[1] for line in out.strip().splitlines()] == expected
+    lines = [line.split("\t") for line in out.strip().splitlines()]
+    assert [label for _, label, _ in lines] == expected
+    # logreg gives probabilities: the third column is the one of the predicted class
+    probabilities = model.predict_proba(features[picked])
+    columns = [metadata["class_names"].index(label) for label in expected]
+    assert [float(p) for _, _, p in lines] == pytest.approx(probabilities[range(3), columns], abs=5e-4)
+
+
+def test_predict_prints_no_probability_for_an_svm(cache_copy, sample_dir, capsys):
+    from classify.train import train_head
+
+    svm = train_head(cache_copy, "linearsvm", "C=0.001", cv=2, n_jobs=1, log=lambda m: None)
+    features, _, ids = open_cache(cache_copy).load("test")
+    model, metadata = load_model(svm.model_file)
+    expected = [f"{sample_dir / ids[i]}\t{metadata['class_names'][int(label)]}"
+                for i, label in zip((0, 1), model.predict(features[:2]), strict=True)]
+    code, out, _ = run(main, ["predict", svm.model_file, *(str(sample_dir / ids[i]) for i in (0, 1))], capsys)
+    assert code == 0 and out.strip().splitlines() == expected
 
 
 def test_predict_takes_folders_and_checks_every_path_first(trained, cache_copy, sample_dir, tmp_path, capsys):
@@ -61,8 +78,8 @@ def test_predict_takes_folders_and_checks_every_path_first(trained, cache_copy, 
     code, out, _ = run(main, ["predict", trained.model_file, str(sample_dir / "test" / "cat")], capsys)
     assert code == 0
     lines = [line.split("\t") for line in out.strip().splitlines()]  # every cat in the folder; the cache has a few
-    assert len(lines) == 10 and [path for path, _ in lines[:len(cats)]] == [str(sample_dir / ids[i]) for i in cats]
-    assert [label for _, label in lines[:len(cats)]] == expected
+    assert len(lines) == 10 and [path for path, *_ in lines[:len(cats)]] == [str(sample_dir / ids[i]) for i in cats]
+    assert [label for _, label, _ in lines[:len(cats)]] == expected
 
     (tmp_path / "empty").mkdir()
     for paths, message in (([str(tmp_path / "empty")], "holds no images"), (["no/such.jpg"], "does not exist")):

@@ -231,8 +231,9 @@ def test_extract_classify_and_predict_with_a_timm_backbone(sample_dir, tmp_path,
     code, out, err = run(classify, ["predict", f"{entry.with_suffix('')}.logreg.joblib", *map(str, images)], capsys)
     assert code == 0, err
     lines = [line.split("\t") for line in out.splitlines()]
-    assert [path for path, _ in lines] == list(map(str, images))
-    assert np.all([label in {p.name for p in (sample_dir / "train").iterdir()} for _, label in lines])
+    assert [path for path, *_ in lines] == list(map(str, images))
+    assert np.all([label in {p.name for p in (sample_dir / "train").iterdir()} for _, label, _ in lines])
+    assert all(0 < float(probability) <= 1 for *_, probability in lines)
 
 
 def test_the_advisor_refuses_class_scores_other_than_imagenet_1k(monkeypatch, sample_dir, tmp_path):
