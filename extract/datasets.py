@@ -166,7 +166,7 @@ def _left_out_note(left_out: Counter) -> str:
 
 def _check_classes(classes: dict[str, list[str]], where: Path) -> None:
     if len(classes) < 2:
-        loose = sum(1 for path in where.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
+        loose = sum(1 for path in images_under(where) if path.parent == where)
         if loose:  # a plain folder of photos: say how to label them, and where unlabelled ones are embedded
             raise UsageError(f"{where} holds {loose} images but {len(classes)} class folder(s): put each class's "
                              f"images in a folder of its own ({where}/<class>/), or list them in a CSV table "

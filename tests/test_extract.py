@@ -189,6 +189,7 @@ def test_a_plain_folder_of_photos_is_told_how_to_label_them(tmp_path, sample_dir
     (tmp_path / "photos").mkdir()
     for name in ("a.jpg", "b.JPG"):
         shutil.copy(sample_dir / "train" / "cat" / "0000.jpg", tmp_path / "photos" / name)
+    (tmp_path / "photos" / "._a.jpg").write_bytes(b"\0")  # macOS's note beside a copied photo: no image
     code, _, err = run(main, ["efficientnet_lite0", str(tmp_path / "photos")], capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert "holds 2 images but 0 class folder(s)" in err and "/<class>/" in err and "Extractor.images" in err
