@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(HEADS) + ",predict}")
     for head in HEADS:
         sub = commands.add_parser(head, help=f"train a {head} head by GridSearchCV and test it")
-        sub.add_argument("cache_file", nargs="?", help="HDF5 cache entry (default: the newest in --cache-dir)")
+        sub.add_argument("cache_file", nargs="?",
+                         help="HDF5 cache entry, or a folder of them for the newest there (default: the newest in "
+                              "--cache-dir)")
         sub.add_argument("--grid", default=None,
                          help=f"parameters to search, e.g. \"C=0.1,1,10\" (default {DEFAULT_GRIDS[head]}); "
                               "several separated by ';'")
@@ -55,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--scheduler", default=None, metavar="ADDRESS",
                          help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786; its workers need "
                               "this toolkit installed")
-        sub.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
+        sub.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                         help="where extract wrote the feature files (default: cache/)")
         sub.add_argument("--json", action="store_true", help="print the result as one JSON object")
         if head == "svm":
             sub.add_argument("--exact", action="store_true",
@@ -89,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     from classify.train import train_head
 
     cache_file = args.cache_file
-    if cache_file is None:
-        cache_file = latest_cache(args.cache_dir)
+    if cache_file is None or Path(cache_file).is_dir():
+        cache_file = latest_cache(cache_file or args.cache_dir)
         print(f"using the most recent cache: {cache_file}", file=sys.stderr)
     result = train_head(cache_file, args.command, args.grid, args.cv, args.n_jobs, exact=getattr(args, "exact", False),
                         pairwise=getattr(args, "pairwise", False), layer=args.layer, backend=args.backend,

@@ -35,8 +35,14 @@ def load_model(path: str | os.PathLike) -> tuple[object, dict]:
     if path.suffix == ".json":
         path = path.with_suffix(".joblib")
     sidecar = path.with_suffix(".json")
-    if not path.is_file() or not sidecar.is_file():
-        raise UsageError(f"model {path} or its {sidecar.name} is missing; train one with `python -m classify svm`")
+    if path.suffix != ".joblib":
+        raise UsageError(f"{path} is not a saved head; give the FILE.HEAD.joblib a training command wrote beside its "
+                         "cache, e.g. `python -m classify svm` writes cache/NAME.svm.joblib")
+    if not path.is_file():
+        raise UsageError(f"model {path} does not exist; train one with `python -m classify svm`")
+    if not sidecar.is_file():
+        raise UsageError(f"{path} has lost its {sidecar.name}, written beside it at training (its classes and "
+                         "checksum); copy it along or retrain")
     try:
         metadata = json.loads(sidecar.read_text())
     except json.JSONDecodeError as error:

@@ -200,6 +200,10 @@ def _held_out_note(why: str) -> str:
 def _folder_dataset(root: Path, limit_per_class: int | None) -> Dataset:
     """root/{train,test or val}/<class>/*; or, without a test split, root/train/<class>/* or root/<class>/* with
     a held-out test split (`hold_out`)."""
+    if root.is_file():
+        tables = " or ".join("*" + suffix for suffix in CSV_SUFFIXES)
+        raise UsageError(f"{root} is a file, not a dataset folder; give a folder of class folders (or with train/ and "
+                         f"test/ inside), or a table of image,label rows named {tables}")
     if not root.is_dir():
         raise UsageError(f"dataset folder {root} does not exist; give a folder of class folders, or with train/ and "
                          "test/ inside")

@@ -476,6 +476,11 @@ def default_batch_size(device: torch.device) -> int:
 LARGE_IMAGE_MEGAPIXELS = 1.0  # about where 2 decoding workers start to pay on 2 cores (1.2 MP: 4-7% faster)
 
 
+def check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be 0 (decode in the main process) or more, not {workers}")
+
+
 def default_workers(device: torch.device, megapixels: Callable[[], float] = lambda: 0.0) -> int:
     """Decoding processes. With the model on a CPU of 2 cores or fewer, a worker competes with the model for the same
     cores: none for small images, 2 for images of `LARGE_IMAGE_MEGAPIXELS` or more (`megapixels()`, asked only
@@ -510,6 +515,7 @@ class Extractor:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {settings.precision!r}")
         if settings.batch_size is not None and settings.batch_size < 1:
             raise UsageError(f"--batch-size must be 1 or more, not {settings.batch_size}")
+        check_workers(settings.workers)
         if settings.compile not in COMPILE_MODES:
             raise UsageError(f"--compile must be one of {', '.join(COMPILE_MODES)}, not {settings.compile!r}")
         self.backbone = backbone

@@ -51,24 +51,34 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, help="as for python -m extract (default: pretrained)")
     parser.add_argument("--unfreeze-from", default=None, metavar="BLOCK",
                         help="first block to train in --mode partial (an unknown name lists the blocks)")
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--limit-per-class", type=int, default=None, metavar="N")
-    parser.add_argument("--data-root", default="data")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input size in pixels (default: the weights' own, e.g. 224)")
+    parser.add_argument("--limit-per-class", type=int, default=None, metavar="N",
+                        help="use only the first N images of each class in each split (quick runs)")
+    parser.add_argument("--data-root", default="data",
+                        help="where torchvision datasets are downloaded (default: data/)")
+    parser.add_argument("--epochs", type=int, default=10, help="at most this many (default 10; see --patience)")
+    parser.add_argument("--batch-size", type=int, default=32, help="default 32")
     parser.add_argument("--lr", type=float, default=None, help="backbone learning rate (sgd 0.003, adamw 1e-4)")
-    parser.add_argument("--head-lr-mult", type=float, default=10.0)
+    parser.add_argument("--head-lr-mult", type=float, default=10.0,
+                        help="the new classifier's learning rate as a multiple of --lr (default 10)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd (momentum 0.9) or adamw")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--schedule", choices=SCHEDULES, default="cosine")
-    parser.add_argument("--warmup-epochs", type=float, default=1.0)
-    parser.add_argument("--patience", type=int, default=3, help="early stopping patience in epochs")
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                        help="learning-rate decay after the warm-up (default cosine)")
+    parser.add_argument("--warmup-epochs", type=float, default=1.0,
+                        help="linear learning-rate warm-up, in epochs (default 1; fractions allowed; 0: none)")
+    parser.add_argument("--patience", type=int, default=3,
+                        help="stop after this many epochs without a better validation accuracy (default 3)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="of the train split, for early stopping")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="for the validation split, initialisation and shuffling (default 0)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="training precision (mixed precision with autocast when not fp32)")
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="image-decoding processes (default: none on a CPU of 2 cores or fewer, else cores - 1, "
+                             "up to 8; with a GPU every core, up to 8)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -96,14 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--json", action="store_true", help="print the advice (and --run's result) as JSON")
     tune = commands.add_parser("finetune", help="fine-tune a backbone on a dataset")
     add_training_arguments(tune)
-    tune.add_argument("--mode", choices=MODES, default="full")
+    tune.add_argument("--mode", choices=MODES, default="full",
+                      help="what trains beside the new output layer: head (nothing), partial (the blocks from "
+                           "--unfreeze-from on; default the last third), full (everything; the default), scratch "
+                           "(everything, from random weights)")
     tune.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     tune.add_argument("--out", default=None, help="run folder (default runs/BACKBONE-DATASET-MODE)")
     both = commands.add_parser("compare", help="frozen features + best head vs fine-tuning strategies")
     add_training_arguments(both)
     both.add_argument("--strategies", default=None,
                       help=f"comma-separated subset of {','.join(STRATEGIES)} (default {','.join(DEFAULT_STRATEGIES)})")
-    both.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
+    both.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                      help="where the frozen features are cached (default: cache/)")
     both.add_argument("--out", default=None, help="report folder (default reports/BACKBONE-DATASET)")
     return parser
 

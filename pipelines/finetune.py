@@ -33,7 +33,7 @@ from extract.backbones import DEFAULT_BACKBONE, Preprocess, block_names, create_
 from extract.datasets import BadImageError, Dataset, Split, copies_warning, resolve_dataset
 from extract.distributed import World, world
 from extract.errors import UsageError
-from extract.features import default_workers, keep_freed_memory, resolve_device
+from extract.features import check_workers, default_workers, keep_freed_memory, resolve_device
 from extract.pixels import normalize, resize_and_crop
 
 MODES = ("head", "partial", "full", "scratch")
@@ -79,13 +79,19 @@ class FinetuneConfig:
             (self.epochs >= 1, f"--epochs must be 1 or more, not {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be 1 or more, not {self.batch_size}"),
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1, not {self.val_fraction}"),
+            (self.lr is None or self.lr > 0, f"--lr must be positive, not {self.lr}"),
             (self.head_lr_mult > 0, f"--head-lr-mult must be positive, not {self.head_lr_mult}"),
+            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}"),
+            (self.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, not {self.warmup_epochs}"),
+            (self.patience >= 1, f"--patience must be 1 or more (epochs without a better validation accuracy "
+                                 f"before stopping), not {self.patience}"),
             (self.precision in ("fp32", "bf16", "fp16"), "--precision must be fp32, bf16 or fp16"),
             (self.unfreeze_from is None or self.mode == "partial", "--unfreeze-from goes with --mode partial"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        check_workers(self.workers)
 
     @property
     def base_lr(self) -> float:

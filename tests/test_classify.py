@@ -133,6 +133,7 @@ def test_tampered_model_is_refused(trained, tmp_path):
     (["svm", "--grid", "Cee=1,2"], "svm has no parameter Cee"),
     (["logreg", "--cv", "7"], "--cv 7 is more than the 6 training images"),
     (["svm", "no-such.h5"], "does not exist"),
+    (["logreg", "--n-jobs", "0"], "--n-jobs must not be 0"),
     (["linearsvm", "--grid", "C=-1"], "--grid 'C=-1' does not suit linearsvm: C must be a positive number"),
     (["linearsvm", "--grid", "C=abc"], "C must be a positive number, not 'abc'"),
     (["logreg", "--grid", "C=-1"], "does not suit logreg: The 'C' parameter of LogisticRegression"),
@@ -144,6 +145,25 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, cache_copy, capsys):
         argv = [argv[0], str(cache_copy), *argv[1:]]
     code, _, err = run(main, argv, capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_a_folder_given_as_cache_file_means_its_newest_cache(cache_copy, capsys):
+    code, out, err = run(main, ["logreg", str(cache_copy.parent), "--cv", "2", "--n-jobs", "1", "--json"], capsys)
+    assert code == 0 and f"using the most recent cache: {cache_copy}" in err, err
+    assert json.loads(out)["cache_file"] == str(cache_copy)
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ("cache file", "is not a saved head; give the FILE.HEAD.joblib"),
+    ("missing model", "does not exist; train one"),
+    ("model without sidecar", "has lost its m.json"),
+])
+def test_model_file_mistakes_are_named(mistake, message, cache_copy, trained, tmp_path, capsys):
+    model = cache_copy if mistake == "cache file" else tmp_path / "m.joblib"
+    if mistake == "model without sidecar":
+        shutil.copy(trained.model_file, model)
+    code, out, err = run(main, ["predict", str(model), "x.jpg"], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1 and out == "", err
 
 
 def test_empty_cache_dir_says_what_to_run(tmp_path, capsys):

@@ -150,10 +150,12 @@ def test_digits_ships_offline():
     (["resnet81", "examples/cifar10-mini"], "unknown backbone 'resnet81'.*did you mean"),
     (["efficientnet_lite0", "cifar11"], "unknown dataset 'cifar11'.*did you mean cifar10"),
     (["efficientnet_lite0", "no/such/folder"], "does not exist"),
+    (["efficientnet_lite0", "README.md"], r"README\.md is a file, not a dataset folder.*named \*\.csv or \*\.tsv"),
     (["efficientnet_lite0", "examples/cifar10-mini", "--weights", "IMAGENET9"], "has weights 'default', 'none'"),
     (["resnet18", "examples/cifar10-mini", "--weights", "IMAGENET9"], "has no weights 'IMAGENET9'"),
     (["efficientnet_lite0", "examples/cifar10-mini", "--weights", "missing.pth"], "missing.pth does not exist"),
     (["densenet121", "examples/cifar10-mini", "--weights", "none", "--pool", "max"], "only --pool avg"),
+    (["efficientnet_lite0", "examples/cifar10-mini", "--workers", "-1"], "--workers must be 0"),
     (["maxvit_t", "--weights", "none", "--image-size", "96", "examples/cifar10-mini"],  # options before DATASET
      "maxvit_t does not take 96 px input"),
     (["vit_b_16", "examples/cifar10-mini", "--weights", "none", "--image-size", "100"], "a multiple of 16"),

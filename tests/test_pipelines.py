@@ -93,6 +93,9 @@ def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
     (["finetune", "efficientnet_lite0", "examples/cifar10-mini", "--mode", "partial", "--unfreeze-from", "layer9"],
      "--unfreeze-from 'layer9' is not a block"),
     (["finetune", "efficientnet_lite0", "examples/cifar10-mini", "--epochs", "0"], "--epochs must be 1 or more"),
+    *[(["finetune", "efficientnet_lite0", "examples/cifar10-mini", option, value], f"{option} must be")
+      for option, value in (("--lr", "-1"), ("--weight-decay", "-1"), ("--warmup-epochs", "-1"), ("--patience", "0"),
+                            ("--workers", "-1"))],
     (["compare", "efficientnet_lite0", "examples/cifar10-mini", "--strategies", "frozen,magic"], "unknown strategy"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
