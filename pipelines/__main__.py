@@ -45,18 +45,23 @@ Thresholds and their calibration: docs/advisor.md.
 """
 
 
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every pipeline command shares with python -m extract."""
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input size in pixels (default: the weights' own, e.g. 224)")
+    parser.add_argument("--data-root", default="data",
+                        help="where torchvision datasets are downloaded (default: data/)")
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("backbone", help="backbone name, as for python -m extract")
     parser.add_argument("dataset", help="dataset name or image folder, as for python -m extract")
     parser.add_argument("--weights", default=None, help="as for python -m extract (default: pretrained)")
     parser.add_argument("--unfreeze-from", default=None, metavar="BLOCK",
                         help="first block to train in --mode partial (an unknown name lists the blocks)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="input size in pixels (default: the weights' own, e.g. 224)")
+    add_input_arguments(parser)
     parser.add_argument("--limit-per-class", type=int, default=None, metavar="N",
                         help="use only the first N images of each class in each split (quick runs)")
-    parser.add_argument("--data-root", default="data",
-                        help="where torchvision datasets are downloaded (default: data/)")
     parser.add_argument("--epochs", type=int, default=10, help="at most this many (default 10; see --patience)")
     parser.add_argument("--batch-size", type=int, default=32, help="default 32")
     parser.add_argument("--lr", type=float, default=None, help="backbone learning rate (sgd 0.003, adamw 1e-4)")
@@ -90,15 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
         "advise", help="measure a dataset's size and similarity to ImageNet; recommend (and --run) a strategy",
         description=ADVISE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     advise.add_argument("dataset", help="dataset name or image folder, as for python -m extract")
-    advise.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    advise.add_argument("--image-size", type=int, default=None)
+    advise.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                        help=f"whose features measure the similarity, as for python -m extract (default "
+                             f"{DEFAULT_BACKBONE})")
     advise.add_argument("--probe-per-class", type=int, default=PROBE_PER_CLASS, metavar="N",
                         help=f"train images per class whose features measure similarity (default {PROBE_PER_CLASS})")
     advise.add_argument("--limit-per-class", type=int, default=None, metavar="N",
                         help="advise on (and --run on) the first N images of each class only")
-    advise.add_argument("--data-root", default="data")
     advise.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where the probe's features are cached")
-    advise.add_argument("--workers", type=int, default=None)
+    add_input_arguments(advise)
+    advise.add_argument("--workers", type=int, default=None,
+                        help="image-decoding processes (default: as for python -m extract)")
     advise.add_argument("--run", action="store_true", help="run the recommended strategy (python -m pipelines "
                                                              "compare with that strategy) and write its report")
     advise.add_argument("--out", default=None,
