@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -31,7 +31,7 @@ from extract.backbones import (
     probe_input,
     probe_size,
 )
-from extract.datasets import BadImageError, Split, to_rgb
+from extract.datasets import BadImageError, Split, load_image, to_rgb
 from extract.errors import UsageError
 from extract.pixels import normalize, resize_or_defer, stack_at_crop
 
@@ -607,11 +607,17 @@ class Extractor:
     def feature_dim(self) -> int:
         return self.model.feature_dim
 
-    def images(self, images: list[Image.Image]) -> np.ndarray:
-        """Features of one batch of PIL images of any mode (converted to RGB as files are): (N, feature_dim)."""
-        preprocess = self.backbone.preprocess
-        batch = stack_at_crop([resize_or_defer(to_rgb(image), preprocess) for image in images], preprocess)
-        return self.features(batch)
+    def images(self, images: Sequence[Image.Image | str | os.PathLike]) -> np.ndarray:
+        """Features of PIL images of any mode (converted to RGB as files are) or of image files (decoded upright, as
+        a dataset's are): (N, feature_dim), float32, computed a batch at a time so that memory stays flat."""
+        preprocess, size = self.backbone.preprocess, self.settings.batch_size
+        chunks = [np.empty((0, self.feature_dim()), dtype=np.float32)]
+        for start in range(0, len(images), size):
+            loaded = [to_rgb(item if isinstance(item, Image.Image) else load_image(item, str(item)))
+                      for item in images[start:start + size]]
+            chunks.append(self.features(stack_at_crop([resize_or_defer(image, preprocess) for image in loaded],
+                                                      preprocess)))
+        return np.concatenate(chunks)
 
     def split(self, split: Split, start: int = 0) -> Iterator[tuple[int, np.ndarray, list[tuple[str, str]]]]:
         """Yield (first row, features, [(id, error)]) batch by batch from row `start`; unreadable images: NaN rows."""

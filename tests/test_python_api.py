@@ -27,6 +27,7 @@ def test_the_readme_python_block_runs_and_gives_what_it_says(tmp_path, monkeypat
     # the vectors are the cached features of the same files
     cached = dict(zip(namespace["cache"].load("test")[2], namespace["x_test"], strict=True))
     np.testing.assert_allclose(namespace["vectors"][0], cached["test/cat/0000.jpg"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(namespace["vector"][0], cached["test/dog/0000.jpg"], rtol=1e-4, atol=1e-4)
     assert len(list((tmp_path / "cache").glob("*.h5"))) == 1
 
 
@@ -44,3 +45,23 @@ def test_features_of_pil_images_of_any_mode_are_those_of_their_rgb_conversion():
     features = extractor.images([rgba, gray])
     assert features.shape == (2, 512)
     np.testing.assert_array_equal(features, extractor.images([to_rgb(rgba), to_rgb(gray)]))
+
+
+def test_features_of_image_files_are_those_of_the_images_a_batch_at_a_time(tmp_path):
+    import pytest
+
+    from extract.backbones import create_backbone
+    from extract.datasets import BadImageError, load_image
+    from extract.features import ExtractionSettings, Extractor
+
+    paths = sorted((SAMPLE / "test" / "cat").glob("*.jpg"))[:5]
+    extractor = Extractor(create_backbone("resnet18", weights="none", image_size=64), "avg",
+                          ExtractionSettings(batch_size=2))
+    features = extractor.images(paths)  # three batches, the last one short
+    assert features.shape == (5, 512) and features.dtype == np.float32
+    np.testing.assert_allclose(features, np.concatenate([extractor.images([load_image(p, p.name)]) for p in paths]),
+                               rtol=1e-5, atol=1e-5)
+    assert extractor.images([]).shape == (0, 512)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(BadImageError, match="broken.jpg"):
+        extractor.images([paths[0], tmp_path / "broken.jpg"])
