@@ -112,6 +112,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     """GridSearchCV on the train split (over `layer` too when it is 'best'), then one score on the test split.
 
     With backend 'dask' the search's fits run on the cluster at `scheduler`; refits run here."""
+    if head not in heads.HEADS:
+        raise UsageError(f"unknown head {head!r}; choose one of {', '.join(heads.HEADS)}")
     if n_jobs == 0:
         raise UsageError("--n-jobs must not be 0; give -1 for every core, or a number of parallel fits")
     cache = open_cache(cache_path)

@@ -166,6 +166,13 @@ def test_model_file_mistakes_are_named(mistake, message, cache_copy, trained, tm
     assert code == 2 and message in err and err.count("\n") == 1 and out == "", err
 
 
+def test_an_unknown_head_from_python_is_named(cache_copy):
+    from classify.train import train_head
+
+    with pytest.raises(UsageError, match="unknown head 'svc'; choose one of svm, linearsvm, logreg, knn"):
+        train_head(cache_copy, "svc")
+
+
 def test_empty_cache_dir_says_what_to_run(tmp_path, capsys):
     code, _, err = run(main, ["svm", "--cache-dir", str(tmp_path)], capsys)
     assert code == 2 and "python -m extract" in err
