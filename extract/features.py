@@ -613,7 +613,7 @@ class Extractor:
         preprocess, size = self.backbone.preprocess, self.settings.batch_size
         chunks = [np.empty((0, self.feature_dim()), dtype=np.float32)]
         for start in range(0, len(images), size):
-            loaded = [to_rgb(item if isinstance(item, Image.Image) else load_image(item, str(item)))
+            loaded = [to_rgb(item) if isinstance(item, Image.Image) else load_image(item, str(item))
                       for item in images[start:start + size]]
             chunks.append(self.features(stack_at_crop([resize_or_defer(image, preprocess) for image in loaded],
                                                       preprocess)))
