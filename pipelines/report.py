@@ -57,7 +57,7 @@ def plot_test_accuracy(rows: list[dict], path: Path) -> Path:
     bars = ax.bar(names, values, yerr=errors, capsize=4, ecolor="#333333",
                   color=["#4c72b0" if n.startswith("frozen") else "#dd8452" for n in names])
     for bar, value, high in zip(bars, values, errors[1], strict=True):
-        ax.text(bar.get_x() + bar.get_width() / 2, value + high + 0.01, f"{value:.3f}", ha="center")
+        ax.text(bar.get_x() + bar.get_width() / 2, value + high + 0.015, f"{value:.3f}", ha="center", va="bottom")
     ax.set(ylabel="test accuracy", ylim=(0, 1.1), title="test accuracy by strategy (whiskers: 95% interval)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
