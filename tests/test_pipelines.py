@@ -129,3 +129,19 @@ def test_fine_tuning_warns_of_test_images_copied_from_train(sample_dir, tmp_path
     finetune(FinetuneConfig(dataset=str(data), mode="head", out=str(tmp_path / "run"), **TINY), log=lines.append)
     assert "warning: 1 test image(s) are byte-for-byte copies of train images (test/cat/0002.jpg = " \
         "train/cat/0001.jpg)" in lines[0]
+
+
+def test_epoch_axes_tick_whole_epochs_only(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from pipelines.report import plot_history, plot_validation_curves
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    history = [{"epoch": e, "train_loss": 2.0 / e, "train_accuracy": 0.3 * e, "val_accuracy": 0.25 * e} for e in (1, 2)]
+    plot_history(history, tmp_path / "history.png")
+    plot_validation_curves({"head": history}, tmp_path / "curves.png")
+    for figure in figures:
+        for axes in figure.axes:
+            ticks = [tick for tick in axes.get_xticks() if 1 <= tick <= 2]
+            assert ticks == [1, 2], ticks
