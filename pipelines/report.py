@@ -80,14 +80,14 @@ def plot_samples(images: list, predicted: list[str], true: list[str], path: Path
     plt = _pyplot()
     columns = min(8, len(images))
     rows = int(np.ceil(len(images) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 1.9 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 2.0 * rows + 0.4), squeeze=False,
+                             layout="constrained")  # room for each two-line title (tight_layout let them overlap)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, guess, truth in zip(axes.flat, images, predicted, true, strict=False):
         ax.imshow(image)
         ax.set_title(f"{guess}\n({truth})", fontsize=8, color="green" if guess == truth else "red")
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -145,3 +145,20 @@ def test_epoch_axes_tick_whole_epochs_only(tmp_path, monkeypatch):
         for axes in figure.axes:
             ticks = [tick for tick in axes.get_xticks() if 1 <= tick <= 2]
             assert ticks == [1, 2], ticks
+
+
+def test_sample_titles_do_not_cover_the_images_above(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from pipelines.report import plot_samples
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    images = [np.full((32, 32, 3), 200, dtype=np.uint8)] * 16
+    plot_samples(images, ["automobile"] * 16, ["airplane"] * 16, tmp_path / "samples.png", "frozen: predicted (true)")
+    (figure,) = figures
+    renderer = figure.canvas.get_renderer()
+    boxes = [(axes.title.get_window_extent(renderer), axes.get_window_extent(renderer)) for axes in figure.axes]
+    for title, own in boxes:
+        assert not any(title.overlaps(image) for _, image in boxes if image is not own)
