@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(logreg, knn), not the SVMs.")
     predict.add_argument("model_file", help="a .joblib written by a training command")
     predict.add_argument("images", nargs="+", help="image files, or folders (every image under them)")
-    predict.add_argument("--device", default="auto")
+    predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     predict.add_argument("--skip-bad", action="store_true",
                          help="name unreadable images on stderr and classify the rest (default: stop at the first)")
     return parser
