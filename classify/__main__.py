@@ -13,6 +13,7 @@ from classify.cluster import BACKENDS
 from classify.evaluate import format_confusion
 from classify.heads import DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS
 from extract.errors import exit_cli
+from extract.options import add_device_argument
 from extract.run import DEFAULT_CACHE_DIR
 from extract.store import latest_cache
 
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(logreg, knn), not the SVMs.")
     predict.add_argument("model_file", help="a .joblib written by a training command")
     predict.add_argument("images", nargs="+", help="image files, or folders (every image under them)")
-    predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    add_device_argument(predict)
     predict.add_argument("--skip-bad", action="store_true",
                          help="name unreadable images on stderr and classify the rest (default: stop at the first)")
     return parser

@@ -8,6 +8,7 @@ import sys
 from extract.distributed import shutdown, world
 from extract.errors import exit_cli
 from extract.features import COMPILE_MIN_IMAGES, COMPILE_MODES, DEFAULT_LAYER, POOLS, PRECISIONS, ExtractionSettings
+from extract.options import add_data_arguments, add_device_argument
 from extract.run import DEFAULT_CACHE_DIR, ExtractRequest, extract_to_cache
 
 EPILOG = """examples:
@@ -53,14 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pool", choices=POOLS, default="avg",
                         help="global pooling of each spatial feature map: avg (default), max, or avgmax (both, "
                              "side by side)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="input size in pixels (default: the weights' own, e.g. 224)")
-    parser.add_argument("--limit-per-class", type=int, default=None, metavar="N",
-                        help="use only the first N images of each class in each split (quick runs)")
+    add_data_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per forward pass (default: 16 on a CPU, where it runs faster than larger "
                              "batches, 64 on a GPU)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    add_device_argument(parser)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="compute precision of the backbone (default fp32); auto picks bf16 where the CPU or GPU "
                              "computes it natively (AVX512-BF16/AMX, CUDA with bf16; about 2x faster here, features "
@@ -73,8 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "first image has a megapixel or more; else cores - 1, up to 8; with a GPU every core, "
                              "up to 8)")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where feature files go (default: cache/)")
-    parser.add_argument("--data-root", default="data",
-                        help="where torchvision datasets are downloaded (default: data/)")
     parser.add_argument("--force", action="store_true", help="recompute even if a matching cache file exists")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out unreadable images (recorded in the file) instead of stopping")

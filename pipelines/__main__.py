@@ -10,6 +10,7 @@ from extract.backbones import DEFAULT_BACKBONE, name_in_paths
 from extract.datasets import CSV_SUFFIXES
 from extract.errors import exit_cli
 from extract.features import ExtractionSettings
+from extract.options import add_data_arguments, add_device_argument
 from extract.run import DEFAULT_CACHE_DIR
 from pipelines.advise import LARGE_PER_CLASS, MIN_CONFIDENCE, MIN_TOP_LAYER_MARGIN, PROBE_PER_CLASS
 from pipelines.compare import DEFAULT_STRATEGIES, STRATEGIES
@@ -45,23 +46,13 @@ Thresholds and their calibration: docs/advisor.md.
 """
 
 
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every pipeline command shares with python -m extract."""
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="input size in pixels (default: the weights' own, e.g. 224)")
-    parser.add_argument("--data-root", default="data",
-                        help="where torchvision datasets are downloaded (default: data/)")
-
-
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("backbone", help="backbone name, as for python -m extract")
     parser.add_argument("dataset", help="dataset name or image folder, as for python -m extract")
     parser.add_argument("--weights", default=None, help="as for python -m extract (default: pretrained)")
     parser.add_argument("--unfreeze-from", default=None, metavar="BLOCK",
                         help="first block to train in --mode partial (an unknown name lists the blocks)")
-    add_input_arguments(parser)
-    parser.add_argument("--limit-per-class", type=int, default=None, metavar="N",
-                        help="use only the first N images of each class in each split (quick runs)")
+    add_data_arguments(parser)
     parser.add_argument("--epochs", type=int, default=10, help="at most this many (default 10; see --patience)")
     parser.add_argument("--batch-size", type=int, default=32, help="default 32")
     parser.add_argument("--lr", type=float, default=None, help="backbone learning rate (sgd 0.003, adamw 1e-4)")
@@ -78,7 +69,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="of the train split, for early stopping")
     parser.add_argument("--seed", type=int, default=0,
                         help="for the validation split, initialisation and shuffling (default 0)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    add_device_argument(parser)
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="training precision (mixed precision with autocast when not fp32)")
     parser.add_argument("--workers", type=int, default=None,
@@ -100,10 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_BACKBONE})")
     advise.add_argument("--probe-per-class", type=int, default=PROBE_PER_CLASS, metavar="N",
                         help=f"train images per class whose features measure similarity (default {PROBE_PER_CLASS})")
-    advise.add_argument("--limit-per-class", type=int, default=None, metavar="N",
-                        help="advise on (and --run on) the first N images of each class only")
     advise.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where the probe's features are cached")
-    add_input_arguments(advise)
+    add_data_arguments(advise, limit_help="advise on (and --run on) the first N images of each class only")
     advise.add_argument("--workers", type=int, default=None,
                         help="image-decoding processes (default: as for python -m extract)")
     advise.add_argument("--run", action="store_true", help="run the recommended strategy (python -m pipelines "
