@@ -290,8 +290,11 @@ def open_cache(path: str | os.PathLike) -> FeatureCache:
         if error.errno == errno.ENOENT:
             raise
         raise UsageError(f"{path} is not a readable HDF5 feature cache ({error}); extract it again") from None
-    if attrs.get("format_version") not in READABLE_FORMATS:
-        raise UsageError(f"{path} was written in cache format {attrs.get('format_version', 'unknown')}, this version "
+    if "format_version" not in attrs:
+        raise UsageError(f"{path} is an HDF5 file but not a feature cache (it has no format_version); give a file "
+                         "that `python -m extract` wrote")
+    if attrs["format_version"] not in READABLE_FORMATS:
+        raise UsageError(f"{path} was written in cache format {attrs['format_version']}, this version "
                          f"reads {' and '.join(map(str, READABLE_FORMATS))}; rerun extract with --force to rebuild it")
     if not attrs.get("complete"):
         raise UsageError(f"{path} is not marked complete; rerun the extract command that made it")

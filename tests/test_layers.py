@@ -120,6 +120,16 @@ def test_unknown_format_is_refused_with_the_fix(lite_cache, tmp_path, capsys):
     assert code == 2 and "cache format 9" in err and "--force" in err and newer.read_bytes() == before
 
 
+
+def test_hdf5_file_of_another_tool_is_named_as_such(tmp_path, capsys):
+    foreign = tmp_path / "other.h5"
+    with h5py.File(foreign, "w") as file:
+        file["x"] = [0.0, 1.0]
+    from classify.__main__ import main
+
+    code, _, err = run(main, ["logreg", str(foreign)], capsys)
+    assert code == 2 and "not a feature cache" in err and "python -m extract" in err
+
 def _permuted_test_labels(path, tmp_path):
     copy = tmp_path / path.name
     shutil.copy(path, copy)
