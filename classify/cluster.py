@@ -10,27 +10,32 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import joblib
+
 from extract.errors import UsageError
 
 BACKENDS = ("local", "dask")
+# joblib's own progress lines on stderr ("Done 9 tasks | elapsed: 4.2s"), at gaps that grow with the square root of
+# the tasks dispatched: a handful of lines for a sweep, so that a minutes-long search is not silent
+PROGRESS_VERBOSITY = 10
 
 
 @contextlib.contextmanager
 def sweep_backend(backend: str = "local", scheduler: str | None = None,
                   log=lambda message: None) -> Iterator[None]:
-    """A context in which joblib (and so GridSearchCV with n_jobs) runs its tasks on `backend`."""
+    """A context in which joblib (and so GridSearchCV with n_jobs) runs its tasks on `backend`, reporting progress."""
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend == "local":
         if scheduler:
             raise UsageError("--scheduler goes with --backend dask")
-        yield
+        with joblib.parallel_config(verbose=PROGRESS_VERBOSITY):
+            yield
         return
     if not scheduler:
         raise UsageError("--backend dask needs --scheduler ADDRESS, the address a running `dask scheduler` prints "
                          "(tcp://HOST:8786)")
     try:
-        import joblib
         from dask.distributed import Client
     except ImportError:
         raise UsageError("--backend dask needs Dask: pip install 'distributed>=2024.1'") from None
@@ -43,5 +48,5 @@ def sweep_backend(backend: str = "local", scheduler: str | None = None,
         workers = client.scheduler_info()["workers"]
         threads = sum(w["nthreads"] for w in workers.values())
         log(f"sweep on the Dask cluster at {scheduler}: {len(workers)} workers, {threads} threads")
-        with joblib.parallel_config(backend="dask"):
+        with joblib.parallel_config(backend="dask", verbose=PROGRESS_VERBOSITY):
             yield

@@ -103,7 +103,8 @@ def test_cli_json_and_plot(cache_copy, capsys):
     code, out, err = run(main, ["svm", str(cache_copy), "--grid", "C=1,10", "--cv", "2", "--n-jobs", "1", "--json"],
                          capsys)
     assert code == 0
-    result = json.loads(out)
+    result = json.loads(out)  # stdout is the JSON alone; the search's progress went to stderr
+    assert "Done 4 out of 4" in " ".join(err.split())
     assert {"test_accuracy", "macro_f1", "best_params", "cache_file"} <= set(result)
     assert result["cache_file"] == str(cache_copy) and "SVC" in result["estimator"]
     from pathlib import Path
