@@ -53,8 +53,6 @@ class Preprocess:
 
     def with_image_size(self, size: int) -> Preprocess:
         """The same recipe at another input size, keeping the resize/crop ratio."""
-        if size < 8:
-            raise UsageError(f"--image-size {size} is too small; use 32 or more")
         ratio = self.resize_size / self.crop_size
         return replace(self, crop_size=size, resize_size=round(size * ratio))
 
@@ -103,6 +101,8 @@ def create_backbone(name: str, weights: str | None = None, image_size: int | Non
     weights: None or "default" for the pretrained default, "none" for random initialisation,
     a path to a local state dict, or (torchvision) a weights enum name such as "IMAGENET1K_V2".
     """
+    if image_size is not None and image_size < 8:  # before any model is built: timm and torch fail less clearly
+        raise UsageError(f"--image-size {image_size} is too small; use 32 or more")
     weights = "default" if weights in (None, "", "default") else weights
     timm_model = name.startswith(TIMM_PREFIX)
     if not timm_model and name not in list_backbones():

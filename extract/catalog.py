@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from extract.backbones import EFFICIENTNET_LITE, list_backbones
+from extract.errors import make_folder
 
 
 def _feature_dim(name: str) -> int:
@@ -74,12 +75,11 @@ def backbone_table(cache_dir: str | Path) -> list[dict]:
     import timm
     import torchvision
 
-    path = Path(cache_dir) / f"backbones-tv{torchvision.__version__}-timm{timm.__version__}.json"
+    path = make_folder(cache_dir, "--cache-dir") / f"backbones-tv{torchvision.__version__}-timm{timm.__version__}.json"
     if path.exists():
         return json.loads(path.read_text())
     names = list_backbones()
     rows = [_row(name) for name in tqdm(names, desc="reading architectures", file=sys.stderr, leave=False)]
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows))
     return rows
 

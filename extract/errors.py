@@ -2,6 +2,7 @@
 
 import gc
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -10,6 +11,19 @@ class UsageError(Exception):
 
     Anything else raised by the toolkit is a bug and keeps its traceback.
     """
+
+
+def make_folder(path: str | Path, option: str) -> Path:
+    """`mkdir -p` for a folder the user named: a path that cannot be a folder is one line naming the option."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"{option} {folder} cannot be a folder: a file is in its way; give a folder path") from None
+    except OSError as error:
+        raise UsageError(f"{option} {folder} cannot be created ({error.strerror}); give a folder that can be "
+                         "written") from None
+    return folder
 
 
 def run_cli(main, argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 from extract.backbones import name_in_paths
-from extract.errors import UsageError
+from extract.errors import UsageError, make_folder
 
 FORMAT_VERSION = 2  # 2 added several layers per file (`layout`); format 1 files (one layer) are still read
 READABLE_FORMATS = (1, 2)
@@ -91,7 +91,7 @@ class CacheLock:
         self.handle = None
 
     def __enter__(self) -> CacheLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path.parent, "--cache-dir")
         self.handle = open(self.path, "a+")
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -221,7 +221,7 @@ def _bytes_needed(splits: dict[str, SplitRows], feature_dim: int) -> int:
 
 def check_free_space(directory: Path, needed: int) -> None:
     """Refuse to start a file the disk (or the process's file-size limit) cannot hold."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_folder(directory, "--cache-dir")
     free = shutil.disk_usage(directory).free
     soft_limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if soft_limit != resource.RLIM_INFINITY:

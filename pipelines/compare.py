@@ -14,7 +14,7 @@ from classify.heads import fitted_parameter_count
 from classify.models import load_model
 from classify.train import train_head
 from extract.datasets import Dataset, resolve_dataset
-from extract.errors import UsageError
+from extract.errors import UsageError, make_folder
 from extract.features import ExtractionSettings
 from extract.run import ExtractRequest, extract_to_cache
 from extract.store import open_cache
@@ -66,8 +66,7 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
 def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: str,
             log: Callable[[str], None] = print) -> list[dict]:
     dataset = resolve_dataset(config.dataset, config.data_root, config.limit_per_class)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_folder(out, "--out")
     rows, histories = [], {}
     for strategy in strategies:
         log(f"--- {strategy} ---")

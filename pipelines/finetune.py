@@ -32,7 +32,7 @@ from classify.evaluate import evaluate
 from extract.backbones import DEFAULT_BACKBONE, Preprocess, block_names, create_backbone, replace_classifier
 from extract.datasets import BadImageError, Dataset, Split, copies_warning, resolve_dataset
 from extract.distributed import World, world
-from extract.errors import UsageError
+from extract.errors import UsageError, make_folder
 from extract.features import check_workers, default_workers, keep_freed_memory, resolve_device
 from extract.pixels import normalize, resize_and_crop
 
@@ -357,8 +357,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
         device = torch.device("cuda", torch.cuda.current_device())
     model, preprocess, head = prepare_model(config, len(dataset.class_names))
     model.to(device).to(memory_format=torch.channels_last)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(config.out, "--out")
 
     train_split, test_split = dataset.splits["train"], dataset.splits["test"]
     train_idx, val_idx = validation_split(train_split.labels, config.val_fraction, config.seed)

@@ -159,6 +159,9 @@ def test_digits_ships_offline():
     (["maxvit_t", "--weights", "none", "--image-size", "96", "examples/cifar10-mini"],  # options before DATASET
      "maxvit_t does not take 96 px input"),
     (["vit_b_16", "examples/cifar10-mini", "--weights", "none", "--image-size", "100"], "a multiple of 16"),
+    (["efficientnet_lite0", "examples/cifar10-mini", "--image-size", "0"], "--image-size 0 is too small"),
+    (["timm/vit_tiny_patch16_224", "examples/cifar10-mini", "--weights", "none", "--image-size", "-3"],
+     "--image-size -3 is too small"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -168,6 +171,17 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monke
 
     assert re.search(message, err), err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["efficientnet_lite0", "examples/cifar10-mini"], ["--list"]])
+def test_a_cache_dir_that_cannot_be_a_folder_is_one_line(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("kept")
+    code, _, err = run(main, [*argv, "--cache-dir", str(blocker / "cache")], capsys)
+    assert code == 2 and err == f"error: --cache-dir {blocker / 'cache'} cannot be a folder: a file is in its way; " \
+                                "give a folder path\n"
+    assert blocker.read_text() == "kept"
 
 
 @pytest.mark.parametrize("layout, message", [

@@ -97,6 +97,7 @@ def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
       for option, value in (("--lr", "-1"), ("--weight-decay", "-1"), ("--warmup-epochs", "-1"), ("--patience", "0"),
                             ("--workers", "-1"))],
     (["compare", "efficientnet_lite0", "examples/cifar10-mini", "--strategies", "frozen,magic"], "unknown strategy"),
+    (["finetune", "efficientnet_lite0", "examples/cifar10-mini", "--image-size", "0"], "--image-size 0 is too small"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     from conftest import REPO
@@ -105,6 +106,19 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monke
     code, _, err = run(main, [*argv, "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
 
+
+
+@pytest.mark.parametrize("command", ["finetune", "compare"])
+def test_an_out_folder_that_is_a_file_is_one_line(command, capsys, tmp_path, monkeypatch):
+    from conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    blocker = tmp_path / "report.md"
+    blocker.write_text("kept")
+    code, _, err = run(main, [command, "efficientnet_lite0", "examples/cifar10-mini", "--out", str(blocker)], capsys)
+    assert code == 2 and err.endswith(f"error: --out {blocker} cannot be a folder: a file is in its way; give a "
+                                      "folder path\n"), err
+    assert blocker.read_text() == "kept"
 
 def test_an_unreadable_image_stops_fine_tuning_with_its_name(sample_dir, tmp_path, capsys):
     import shutil
