@@ -41,11 +41,30 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> 
     )
 
 
-def format_confusion(confusion: np.ndarray, class_names: list[str]) -> str:
-    width = max(5, max(len(n) for n in class_names[:50]) + 1)
-    header = " " * width + "".join(f"{n[:6]:>7}" for n in class_names)
-    rows = [f"{n:<{width}}" + "".join(f"{v:>7}" for v in row) for n, row in zip(class_names, confusion, strict=True)]
-    return "\n".join(["rows: true class, columns: predicted", header, *rows])
+MATRIX_MAX_CLASSES = 20
+
+
+def format_confusion(confusion: np.ndarray, class_names: list[str], pairs: int = 10) -> str:
+    """The matrix itself up to MATRIX_MAX_CLASSES classes; beyond, its rows no longer fit a terminal (CIFAR-100's
+    would be 700 characters wide), so the `pairs` most confused (true, predicted) pairs instead."""
+    if len(class_names) <= MATRIX_MAX_CLASSES:
+        width = max(5, max(len(n) for n in class_names) + 1)
+        header = " " * width + "".join(f"{n[:6]:>7}" for n in class_names)
+        rows = [f"{n:<{width}}" + "".join(f"{v:>7}" for v in row)
+                for n, row in zip(class_names, confusion, strict=True)]
+        return "\n".join(["rows: true class, columns: predicted", header, *rows])
+    errors = confusion.copy()
+    np.fill_diagonal(errors, 0)
+    order = np.argsort(-errors, axis=None, kind="stable")[:pairs]
+    lines = [f"most confused of {len(class_names)} classes (true -> predicted: test images, share of the true class)"]
+    for true, predicted in zip(*np.unravel_index(order, errors.shape), strict=True):
+        if errors[true, predicted]:
+            share = errors[true, predicted] / max(confusion[true].sum(), 1)
+            lines.append(f"  {class_names[true]} -> {class_names[predicted]}: {errors[true, predicted]} ({share:.0%})")
+    return "\n".join(lines if len(lines) > 1 else [*lines, "  none: every test image is right"])
+
+
+NAMED_TICKS_MAX_CLASSES = 120
 
 
 def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
@@ -59,11 +78,16 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
     size = min(4 + 0.45 * n, 24)
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
     rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    if n <= NAMED_TICKS_MAX_CLASSES:
+        ax.set_xticks(range(n), class_names, rotation=45 if n <= 30 else 90, ha="right" if n <= 30 else "center",
+                      fontsize=10 if n <= 30 else 7)
+        ax.set_yticks(range(n), class_names, fontsize=10 if n <= 30 else 7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    else:  # a thousand names would print over each other: the axes count classes in the cache's order instead
+        ax.set_xlabel("predicted class (its index in the cache's class_names)")
+        ax.set_ylabel("true class (index)")
     ax.set_title(title)
     if n <= 30:
         for i in range(n):

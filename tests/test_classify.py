@@ -238,3 +238,21 @@ def test_the_test_accuracy_comes_with_its_95_percent_wilson_interval(trained, ca
     code, out, _ = run(main, ["logreg", str(cache_copy), "--grid", "C=0.01", "--cv", "2", "--json"], capsys)
     interval = json.loads(out)["test_accuracy_interval"]
     assert code == 0 and interval == list(accuracy_interval(round(json.loads(out)["test_accuracy"] * 60), 60))
+
+
+def test_many_classes_print_their_most_confused_pairs_instead_of_a_matrix_too_wide_to_read():
+    from classify.evaluate import format_confusion
+
+    names = [f"class{i}" for i in range(25)]
+    confusion = np.diag(np.full(25, 8))
+    confusion[3, 7], confusion[12, 0], confusion[20, 21] = 2, 5, 2
+    text = format_confusion(confusion, names, pairs=2)
+    assert text.splitlines() == [
+        "most confused of 25 classes (true -> predicted: test images, share of the true class)",
+        "  class12 -> class0: 5 (38%)",
+        "  class3 -> class7: 2 (20%)",  # ties in the classes' order
+    ]
+    assert "every test image is right" in format_confusion(np.diag(np.full(25, 8)), names)
+    few = format_confusion(confusion[:10, :10], names[:10])
+    assert len(few.splitlines()) == 12  # a title, the column names, a row per class
+    assert few.splitlines()[5].split() == ["class3", "0", "0", "0", "8", "0", "0", "0", "2", "0", "0"]
