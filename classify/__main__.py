@@ -14,8 +14,7 @@ from classify.evaluate import format_confusion
 from classify.heads import DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS
 from extract.errors import exit_cli
 from extract.options import add_device_argument
-from extract.run import DEFAULT_CACHE_DIR
-from extract.store import latest_cache
+from extract.store import DEFAULT_CACHE_DIR, latest_cache
 
 EPILOG = """examples:
   python -m classify svm                          RBF SVM on the most recent cache entry

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import joblib
 
-from extract.backbones import file_sha256
 from extract.errors import UsageError
+from extract.paths import file_sha256
 
 
 def save_model(model, path: Path, metadata: dict) -> Path:

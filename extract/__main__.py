@@ -9,7 +9,8 @@ from extract.distributed import shutdown, world
 from extract.errors import exit_cli
 from extract.features import COMPILE_MIN_IMAGES, COMPILE_MODES, DEFAULT_LAYER, POOLS, PRECISIONS, ExtractionSettings
 from extract.options import add_data_arguments, add_device_argument
-from extract.run import DEFAULT_CACHE_DIR, ExtractRequest, extract_to_cache
+from extract.run import ExtractRequest, extract_to_cache
+from extract.store import DEFAULT_CACHE_DIR
 
 EPILOG = """examples:
   python -m extract efficientnet_lite0 examples/cifar10-mini   offline weights, a folder with train/ and test/

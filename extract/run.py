@@ -21,9 +21,16 @@ from extract.datasets import Dataset, copies_warning, resolve_dataset
 from extract.distributed import World, shard, world
 from extract.errors import UsageError
 from extract.features import DEFAULT_LAYER, ExtractionSettings, Extractor
-from extract.store import SUFFIX, CacheLock, CacheWriter, SplitRows, entry_name, identity_changes, merge_parts
-
-DEFAULT_CACHE_DIR = "cache"
+from extract.store import (
+    DEFAULT_CACHE_DIR,
+    SUFFIX,
+    CacheLock,
+    CacheWriter,
+    SplitRows,
+    entry_name,
+    identity_changes,
+    merge_parts,
+)
 
 
 @dataclass

@@ -34,12 +34,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from extract.backbones import name_in_paths
 from extract.errors import UsageError, make_folder
+from extract.paths import name_in_paths
 
 FORMAT_VERSION = 2  # 2 added several layers per file (`layout`); format 1 files (one layer) are still read
 READABLE_FORMATS = (1, 2)
 SUFFIX = ".h5"
+DEFAULT_CACHE_DIR = "cache"
 PARTIAL_SUFFIX = ".h5.partial"
 # Attributes that decide what the features are: an entry is reused only if all of them match.
 IDENTITY_ATTRS = ("dataset", "dataset_fingerprint", "backbone", "weights", "weights_sha256", "layer", "pool",

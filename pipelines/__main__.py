@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 
-from extract.backbones import DEFAULT_BACKBONE, name_in_paths
+from extract.backbones import DEFAULT_BACKBONE
 from extract.datasets import CSV_SUFFIXES
 from extract.errors import exit_cli
 from extract.features import ExtractionSettings
 from extract.options import add_data_arguments, add_device_argument
-from extract.run import DEFAULT_CACHE_DIR
+from extract.paths import name_in_paths
+from extract.store import DEFAULT_CACHE_DIR
 from pipelines.advise import LARGE_PER_CLASS, MIN_CONFIDENCE, MIN_TOP_LAYER_MARGIN, PROBE_PER_CLASS
 from pipelines.compare import DEFAULT_STRATEGIES, STRATEGIES
 from pipelines.finetune import MODES, OPTIMIZERS, SCHEDULES, FinetuneConfig

@@ -26,8 +26,8 @@ from extract.backbones import DEFAULT_BACKBONE
 from extract.datasets import resolve_dataset
 from extract.errors import UsageError
 from extract.features import ExtractionSettings, NoLogitsError
-from extract.run import DEFAULT_CACHE_DIR, ExtractRequest, extract_to_cache
-from extract.store import open_cache
+from extract.run import ExtractRequest, extract_to_cache
+from extract.store import DEFAULT_CACHE_DIR, open_cache
 
 # Thresholds, calibrated in docs/advisor.md.
 LARGE_PER_CLASS = 1000  # train images in the smallest class from which fine-tuning is recommended

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from extract.backbones import create_backbone, file_sha256, penultimate_layer
+from extract.backbones import create_backbone, penultimate_layer
 from extract.errors import UsageError
 from extract.features import ExtractionSettings, Extractor, FeatureModel
+from extract.paths import file_sha256
 from extract.pixels import normalize, resize_and_crop
 
 

@@ -14,11 +14,11 @@ from extract.backbones import (
     _host_resolves,
     create_backbone,
     feature_layers,
-    file_sha256,
     replace_classifier,
 )
 from extract.errors import UsageError
 from extract.features import FeatureModel
+from extract.paths import file_sha256
 from tests.conftest import QUICK, run
 
 DINOV2 = "timm/vit_small_patch14_dinov2"  # built without a classifier (num_classes=0), for 518 px
