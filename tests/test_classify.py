@@ -269,3 +269,23 @@ def test_training_on_a_cache_never_imports_torch(cache_copy, tmp_path):
     result = subprocess.run([sys.executable, "-c", script, "logreg", str(cache), "--grid", "C=0.01", "--cv", "2",
                              "--n-jobs", "1"], cwd=REPO, capture_output=True, text=True)
     assert result.stdout.splitlines()[-1] == "0 []", result.stderr[-2000:]
+
+
+def test_a_best_value_at_the_end_of_the_grid_is_reported_with_a_grid_that_goes_beyond(cache_copy, capsys):
+    from classify.train import grid_edge_note
+
+    assert grid_edge_note({"clf__C": [0.001, 0.01, 0.1]}, {"clf__C": 0.01}) is None  # inside: the grid brackets it
+    assert grid_edge_note({"clf__C": [0.0001, 0.0003, 0.001]}, {"clf__C": 0.0001}).endswith(
+        'is the smallest value of the grid, so a value beyond it may score higher: try --grid "C=1e-05,3e-05,0.0001"')
+    assert grid_edge_note({"clf__C": [1.0, 10.0], "clf__gamma": ["scale", 0.01]},
+                          {"clf__C": 10.0, "clf__gamma": "scale"}).endswith('--grid "C=10,100,1000; gamma=scale"')
+    knn = grid_edge_note({"clf__n_neighbors": [5, 10, 20]}, {"clf__n_neighbors": 20})
+    assert knn.endswith('"n_neighbors=20,40,80"')
+    assert grid_edge_note({"clf__n_neighbors": [1, 2]}, {"clf__n_neighbors": 1}) is None  # nothing lies below 1
+    assert grid_edge_note({"layer__layer": ["stage3", "penultimate"], "clf__C": [0.1]},
+                          {"layer__layer": "stage3", "clf__C": 0.1}) is None  # a layer is not a number to extend
+    # of two values the best is always at an end, and the command says which
+    code, out, err = run(main, ["logreg", str(cache_copy), "--grid", "C=0.0000001,0.01", "--cv", "2", "--json"], capsys)
+    best = json.loads(out)["best_params"]["C"]
+    end = "smallest" if best == 0.0000001 else "largest"
+    assert code == 0 and f"note: the best C={best:g} is the {end} value of the grid" in err
