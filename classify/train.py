@@ -53,9 +53,13 @@ def short_name(param: str) -> str:
     return param.split("__", 1)[-1]
 
 
-def grid_edge_note(grid: dict[str, list], best_params: dict) -> str | None:
-    """Where the best value of a numeric parameter is the grid's smallest or largest, the search stopped where the
-    grid did and a value beyond it may score higher: say so, with a grid that goes on in the same steps."""
+def grid_edge_note(grid: dict[str, list], cv_results: dict, best_index: int) -> str | None:
+    """Where the best value of a numeric parameter is the grid's smallest or largest, and every fold scored it above
+    the next value in (a slope toward the end, not a plateau or noise), the search stopped where the grid did and a
+    value beyond it may score higher: say so, with a grid that goes on in the same steps."""
+    candidates = cv_results["params"]
+    best_params = candidates[best_index]
+    fold_scores = np.array([cv_results[k] for k in cv_results if k.startswith("split") and k.endswith("_test_score")])
     tunable = {name: values for name, values in grid.items() if name.startswith("clf__")}
     for name, values in tunable.items():
         if len(values) < 2 or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0
@@ -64,12 +68,12 @@ def grid_edge_note(grid: dict[str, list], best_params: dict) -> str | None:
         ordered, best = sorted(values), best_params[name]
         if best not in (ordered[0], ordered[-1]):
             continue
-        if best == ordered[0]:
-            step, end = ordered[0] / ordered[1], "smallest"
-        else:
-            step, end = ordered[-1] / ordered[-2], "largest"
+        end, inward = ("smallest", ordered[1]) if best == ordered[0] else ("largest", ordered[-2])
+        neighbour = candidates.index({**best_params, name: inward})
+        if not np.all(fold_scores[:, best_index] > fold_scores[:, neighbour]):
+            continue
         # one significant digit keeps the grid readable (C=1e-05,3e-05,0.0001 rather than 1.11e-05,3.33e-05)
-        beyond = [best, *(float(f"{best * step ** k:.1g}") for k in (1, 2))]
+        beyond = [best, *(float(f"{best * (best / inward) ** k:.1g}") for k in (1, 2))]
         if all(isinstance(v, int) for v in values):
             beyond = [max(1, round(v)) for v in beyond]
         beyond = sorted(set(beyond))
@@ -78,8 +82,9 @@ def grid_edge_note(grid: dict[str, list], best_params: dict) -> str | None:
         grid_text = "; ".join(f"{short_name(other)}=" + (",".join(f"{v:g}" for v in beyond) if other == name
                                                          else f"{best_params[other]}")
                               for other in tunable)
-        return (f"note: the best {short_name(name)}={best:g} is the {end} value of the grid, so a value beyond it "
-                f"may score higher: try --grid \"{grid_text}\"")
+        short = short_name(name)
+        return (f"note: the best {short}={best:g} is the {end} value of the grid and beat {short}={inward:g} in every "
+                f"fold, so a value beyond it may score higher: try --grid \"{grid_text}\"")
     return None
 
 
@@ -181,7 +186,7 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
         search.fit(x_train, y_train)
     model = search.best_estimator_
     seconds = time.perf_counter() - started  # the whole training: search, and the refit on all samples
-    note = grid_edge_note(grid, search.best_params_)
+    note = grid_edge_note(grid, search.cv_results_, search.best_index_)
     if note:
         log(note)
     evaluation = evaluate(y_test, model.predict(x_test), cache.class_names)

@@ -271,21 +271,35 @@ def test_training_on_a_cache_never_imports_torch(cache_copy, tmp_path):
     assert result.stdout.splitlines()[-1] == "0 []", result.stderr[-2000:]
 
 
-def test_a_best_value_at_the_end_of_the_grid_is_reported_with_a_grid_that_goes_beyond(cache_copy, capsys):
+def _search_results(name: str, values: list, fold_scores: list[list[float]], **fixed) -> tuple[dict, dict, int]:
+    """A grid over one parameter (others fixed) and GridSearchCV's cv_results_ for it: fold_scores[fold][value]."""
+    grid = {f"clf__{name}": values, **{f"clf__{k}": [v] for k, v in fixed.items()}}
+    params = [{f"clf__{name}": v, **{f"clf__{k}": w for k, w in fixed.items()}} for v in values]
+    results = {"params": params, **{f"split{i}_test_score": np.array(s) for i, s in enumerate(fold_scores)}}
+    return grid, results, int(np.argmax(np.mean(fold_scores, axis=0)))
+
+
+def test_a_best_value_at_the_end_of_the_grid_is_reported_with_a_grid_that_goes_beyond(cache_copy, capsys,
+                                                                                       monkeypatch):
     from classify.train import grid_edge_note
 
-    assert grid_edge_note({"clf__C": [0.001, 0.01, 0.1]}, {"clf__C": 0.01}) is None  # inside: the grid brackets it
-    assert grid_edge_note({"clf__C": [0.0001, 0.0003, 0.001]}, {"clf__C": 0.0001}).endswith(
-        'is the smallest value of the grid, so a value beyond it may score higher: try --grid "C=1e-05,3e-05,0.0001"')
-    assert grid_edge_note({"clf__C": [1.0, 10.0], "clf__gamma": ["scale", 0.01]},
-                          {"clf__C": 10.0, "clf__gamma": "scale"}).endswith('--grid "C=10,100,1000; gamma=scale"')
-    knn = grid_edge_note({"clf__n_neighbors": [5, 10, 20]}, {"clf__n_neighbors": 20})
-    assert knn.endswith('"n_neighbors=20,40,80"')
-    assert grid_edge_note({"clf__n_neighbors": [1, 2]}, {"clf__n_neighbors": 1}) is None  # nothing lies below 1
-    assert grid_edge_note({"layer__layer": ["stage3", "penultimate"], "clf__C": [0.1]},
-                          {"layer__layer": "stage3", "clf__C": 0.1}) is None  # a layer is not a number to extend
-    # of two values the best is always at an end, and the command says which
+    def note(*args, **fixed):
+        return grid_edge_note(*_search_results(*args, **fixed))
+
+    assert note("C", [0.001, 0.01, 0.1], [[0.7, 0.8, 0.6], [0.7, 0.8, 0.6]]) is None  # inside: the grid brackets it
+    assert note("C", [0.0001, 0.0003, 0.001], [[0.8, 0.7, 0.6], [0.8, 0.7, 0.6]]).endswith(
+        'smallest value of the grid and beat C=0.0003 in every fold, so a value beyond it may score higher: try '
+        '--grid "C=1e-05,3e-05,0.0001"')
+    assert note("C", [0.0001, 0.0003, 0.001], [[0.8, 0.7, 0.6], [0.69, 0.7, 0.6]]) is None  # one fold disagrees
+    assert note("C", [1.0, 10.0], [[0.7, 0.7], [0.7, 0.7]]) is None  # a plateau: C=1 is best only by the tie rule
+    with_gamma = note("C", [1.0, 10.0], [[0.6, 0.7], [0.6, 0.7]], gamma="scale")
+    assert with_gamma.endswith('--grid "C=10,100,1000; gamma=scale"')
+    assert note("n_neighbors", [5, 10, 20], [[0.5, 0.6, 0.7]]).endswith('"n_neighbors=20,40,80"')
+    assert note("n_neighbors", [1, 2], [[0.7, 0.6]]) is None  # nothing lies below 1
+    # the command passes the search's own results and prints the note on stderr, --json or not
+    seen = []
+    monkeypatch.setattr("classify.train.grid_edge_note", lambda *args: seen.append(args) or "note: from the search")
     code, out, err = run(main, ["logreg", str(cache_copy), "--grid", "C=0.0000001,0.01", "--cv", "2", "--json"], capsys)
-    best = json.loads(out)["best_params"]["C"]
-    end = "smallest" if best == 0.0000001 else "largest"
-    assert code == 0 and f"note: the best C={best:g} is the {end} value of the grid" in err
+    grid, results, best = seen[0]
+    assert code == 0 and "note: from the search" in err and json.loads(out)["best_params"] == {
+        "C": results["params"][best]["clf__C"]} and grid == {"clf__C": [1e-07, 0.01]} and "split1_test_score" in results
