@@ -11,7 +11,7 @@ import numpy as np
 
 from classify.cluster import BACKENDS
 from classify.evaluate import format_confusion
-from classify.heads import DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS
+from classify.heads import DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS, format_grid
 from extract.errors import exit_cli
 from extract.options import add_device_argument
 from extract.store import DEFAULT_CACHE_DIR, latest_cache
@@ -24,11 +24,12 @@ EPILOG = """examples:
   python -m classify predict cache/FILE.svm.joblib photo1.jpg photo2.png
   python -m classify svm --backend dask --scheduler tcp://HOST:8786   the sweep's fits on a Dask cluster
 
-default grids: """ + "; ".join(f"{h}: {g}" for h, g in DEFAULT_GRIDS.items()) + f"""
+default grids, as --grid takes them: """ + ", ".join(f'{h} "{format_grid(g)}"' for h, g in DEFAULT_GRIDS.items()) + f"""
 svm is scikit-learn's RBF SVC up to {EXACT_SVM_MAX_TRAIN} training samples; above, the same model fitted one class
 pair at a time on kernel matrices computed with BLAS (PairwiseSVC: 50 s instead of 10 minutes on 50,000 x 1,280
 features); --exact and --pairwise force either.
-The grid search uses the train split only; the test split is scored once, with the best parameters.
+The grid search uses the train split only; the test split is scored once, with the best parameters. A best
+value at an end of the grid that beat its neighbour in every fold is named on stderr, with a grid to try next.
 The fitted pipeline (FILE.HEAD.joblib), its metrics and provenance (FILE.HEAD.json) and the confusion
 matrix (FILE.HEAD.confusion.png) are written beside the cache file.
 """

@@ -134,6 +134,14 @@ def parse_grid(text: str | None, head: str, pairwise: bool = False) -> dict[str,
     return {f"clf__{name}": values for name, values in grid.items()}
 
 
+def format_grid(grid: dict[str, list]) -> str:
+    """parse_grid's inverse, as --grid takes it: {'C': [1.0, 10.0], 'gamma': ['scale']} -> 'C=1,10; gamma=scale'."""
+    def text(value) -> str:
+        return f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+
+    return "; ".join(f"{name}=" + ",".join(text(v) for v in values) for name, values in grid.items())
+
+
 def fitted_parameter_count(pipeline: Pipeline) -> int:
     """Numbers the fitted classifier learned (weights and biases; for a kernel SVM, its dual coefficients)."""
     classifier = pipeline.named_steps["clf"]

@@ -15,7 +15,7 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 from classify import heads
 from classify.cluster import sweep_backend
 from classify.evaluate import evaluate, plot_confusion
-from classify.heads import build_head, parse_grid, svm_is_pairwise
+from classify.heads import build_head, format_grid, parse_grid, svm_is_pairwise
 from classify.models import save_model
 from extract.errors import UsageError
 from extract.store import open_cache
@@ -79,9 +79,8 @@ def grid_edge_note(grid: dict[str, list], cv_results: dict, best_index: int) -> 
         beyond = sorted(set(beyond))
         if len(beyond) == 1:  # n_neighbors=1: nothing lies beyond
             continue
-        grid_text = "; ".join(f"{short_name(other)}=" + (",".join(f"{v:g}" for v in beyond) if other == name
-                                                         else f"{best_params[other]}")
-                              for other in tunable)
+        grid_text = format_grid({short_name(other): beyond if other == name else [best_params[other]]
+                                 for other in tunable})
         short = short_name(name)
         return (f"note: the best {short}={best:g} is the {end} value of the grid and beat {short}={inward:g} in every "
                 f"fold, so a value beyond it may score higher: try --grid \"{grid_text}\"")

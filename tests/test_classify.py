@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO, run
 
 from classify.__main__ import main
-from classify.heads import build_head, parse_grid
+from classify.heads import DEFAULT_GRIDS, build_head, format_grid, parse_grid
 from classify.models import load_model
 from extract.errors import UsageError
 from extract.store import open_cache
@@ -184,6 +184,9 @@ def test_empty_cache_dir_says_what_to_run(tmp_path, capsys):
 def test_grid_values_are_typed():
     assert parse_grid("C=1,0.5;gamma=scale", "svm") == {"clf__C": [1, 0.5], "clf__gamma": ["scale"]}
     assert build_head("svm").named_steps["clf"].kernel == "rbf"
+    assert format_grid({"C": [1.0, 0.0003], "gamma": ["scale"]}) == "C=1,0.0003; gamma=scale"
+    for head, grid in DEFAULT_GRIDS.items():  # what --help and the grid-end note print, --grid reads back
+        assert parse_grid(format_grid(grid), head) == parse_grid(None, head)
 
 
 @pytest.mark.parametrize("limit, flags, expect_pairwise", [
