@@ -79,17 +79,18 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
     rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    few = n <= 30  # room for slanted names at full size, and for the counts in the cells
     if n <= NAMED_TICKS_MAX_CLASSES:
-        ax.set_xticks(range(n), class_names, rotation=45 if n <= 30 else 90, ha="right" if n <= 30 else "center",
-                      fontsize=10 if n <= 30 else 7)
-        ax.set_yticks(range(n), class_names, fontsize=10 if n <= 30 else 7)
+        ax.set_xticks(range(n), class_names, rotation=45 if few else 90, ha="right" if few else "center",
+                      fontsize=10 if few else 7)
+        ax.set_yticks(range(n), class_names, fontsize=10 if few else 7)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
     else:  # a thousand names would print over each other: the axes count classes in the cache's order instead
         ax.set_xlabel("predicted class (its index in the cache's class_names)")
         ax.set_ylabel("true class (index)")
     ax.set_title(title)
-    if n <= 30:
+    if few:
         for i in range(n):
             for j in range(n):
                 ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8,

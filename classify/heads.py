@@ -134,12 +134,15 @@ def parse_grid(text: str | None, head: str, pairwise: bool = False) -> dict[str,
     return {f"clf__{name}": values for name, values in grid.items()}
 
 
+def is_number(value) -> bool:
+    """A grid value that is a number (True and False are ints to Python, not to a grid)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def format_grid(grid: dict[str, list]) -> str:
     """parse_grid's inverse, as --grid takes it: {'C': [1.0, 10.0], 'gamma': ['scale']} -> 'C=1,10; gamma=scale'."""
-    def text(value) -> str:
-        return f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
-
-    return "; ".join(f"{name}=" + ",".join(text(v) for v in values) for name, values in grid.items())
+    return "; ".join(f"{name}=" + ",".join(f"{v:g}" if is_number(v) else str(v) for v in values)
+                     for name, values in grid.items())
 
 
 def fitted_parameter_count(pipeline: Pipeline) -> int:

@@ -15,7 +15,7 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 from classify import heads
 from classify.cluster import sweep_backend
 from classify.evaluate import evaluate, plot_confusion
-from classify.heads import build_head, format_grid, parse_grid, svm_is_pairwise
+from classify.heads import build_head, format_grid, is_number, parse_grid, svm_is_pairwise
 from classify.models import save_model
 from extract.errors import UsageError
 from extract.store import open_cache
@@ -62,8 +62,7 @@ def grid_edge_note(grid: dict[str, list], cv_results: dict, best_index: int) -> 
     fold_scores = np.array([cv_results[k] for k in cv_results if k.startswith("split") and k.endswith("_test_score")])
     tunable = {name: values for name, values in grid.items() if name.startswith("clf__")}
     for name, values in tunable.items():
-        if len(values) < 2 or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0
-                                      for v in values):
+        if len(values) < 2 or not all(is_number(v) and v > 0 for v in values):
             continue
         ordered, best = sorted(values), best_params[name]
         if best not in (ordered[0], ordered[-1]):
