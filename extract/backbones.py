@@ -40,8 +40,9 @@ class Preprocess:
     """How images are turned into model input: resize the short side, centre-crop, normalise.
 
     Images smaller than the crop (CIFAR's 32 px, say) are resized straight to the crop size so that
-    none of their content is cropped away. `crop_mode` "squash" is timm's recipe for some weights: both sides to
-    the resize size, whatever the aspect ratio, then the centre crop.
+    none of their content is cropped away. `crop_mode` names timm's other recipes for some weights: "squash", both
+    sides to the resize size whatever the aspect ratio, then the centre crop; "border", the long side to the resize
+    size, the short side padded with the mean colour, then the centre crop.
     """
 
     crop_size: int
@@ -401,14 +402,19 @@ def _create_timm(name: str, weights: str, image_size: int | None) -> Backbone:
                          f"({', '.join(_timm_tags(arch)) or 'none'}), not {weights!r}")
     model = _build_timm(canonical, path, image_size if cfg is not None and cfg.fixed_input_size else None)
     recipe = cfg.to_dict() if cfg is not None else model.pretrained_cfg  # the native size, before `image_size`
-    crop = recipe["input_size"][-1]
-    preprocess = Preprocess(crop_size=crop, resize_size=math.floor(crop / recipe["crop_pct"]),
-                            mean=tuple(recipe["mean"]), std=tuple(recipe["std"]), interpolation=recipe["interpolation"],
-                            crop_mode="squash" if recipe["crop_mode"] == "squash" else "center")
+    preprocess = _timm_preprocess(recipe)
     if path is None:
         return Backbone(canonical, model, "none", "none", preprocess, None, None)
     categories = _imagenet_categories() if label.startswith("timm:") and recipe["num_classes"] == 1000 else None
     return Backbone(canonical, model, label, file_sha256(path), preprocess, categories, None)
+
+
+def _timm_preprocess(recipe: dict) -> Preprocess:
+    """timm's eval transform for a pretrained config."""
+    crop = recipe["input_size"][-1]
+    return Preprocess(crop_size=crop, resize_size=math.floor(crop / recipe["crop_pct"]), mean=tuple(recipe["mean"]),
+                      std=tuple(recipe["std"]), interpolation=recipe["interpolation"],
+                      crop_mode=recipe["crop_mode"] if recipe["crop_mode"] in ("squash", "border") else "center")
 
 
 def _timm_tags(arch: str) -> list[str]:

@@ -43,19 +43,39 @@ FILTERS = {"bilinear": (_bilinear, 1.0), "bicubic": (_bicubic, 2.0)}  # PIL's fi
 
 
 def resize_and_crop(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
-    """Short side to the resize size (to the crop size for images smaller than the crop), or both sides where the
-    recipe squashes, then centre-crop: uint8 CHW."""
-    short = preprocess.crop_size if min(image.size) < preprocess.crop_size else preprocess.resize_size
+    """Short side to the resize size (to the crop size for images smaller than the crop), both sides where the
+    recipe squashes, or the long side where it keeps the border, then centre-crop: uint8 CHW."""
+    target = preprocess.crop_size if min(image.size) < preprocess.crop_size else preprocess.resize_size
     interpolation = TF.InterpolationMode(preprocess.interpolation)
-    size = [short, short] if preprocess.crop_mode == "squash" else short
+    if preprocess.crop_mode == "border":
+        return _resize_long_side_and_pad(image, target, interpolation, preprocess)
+    size = [target, target] if preprocess.crop_mode == "squash" else target
     image = TF.resize(image, size, interpolation=interpolation, antialias=True)
     return TF.pil_to_tensor(TF.center_crop(image, preprocess.crop_size))
+
+
+def _resize_long_side_and_pad(image: Image.Image, long_side: int, interpolation: TF.InterpolationMode,
+                              preprocess: Preprocess) -> torch.Tensor:
+    """timm's "border" recipe: the whole image, its long side to `long_side`, centred on a square of the crop size
+    filled with the mean colour (zero after normalising), cropped where it is larger."""
+    width, height = image.size
+    scale = max(width, height) / long_side
+    image = TF.resize(image, [round(height / scale), round(width / scale)], interpolation=interpolation,
+                      antialias=True)
+    crop = preprocess.crop_size
+    pad_width, pad_height = max(crop - image.width, 0), max(crop - image.height, 0)
+    if pad_width or pad_height:  # an odd padding's extra pixel goes right and below, as in timm's CenterCropOrPad
+        fill = tuple(round(255 * mean) for mean in preprocess.mean)
+        image = TF.pad(image, [pad_width // 2, pad_height // 2, (pad_width + 1) // 2, (pad_height + 1) // 2],
+                       fill=fill)
+    return TF.pil_to_tensor(TF.center_crop(image, crop))
 
 
 def resize_or_defer(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
     """uint8 CHW: resized and cropped now, or, for an image smaller than the crop, as it is, for `stack_at_crop` to
     enlarge together with the others of its size."""
-    if min(image.size) < preprocess.crop_size and preprocess.interpolation in FILTERS:
+    deferrable = preprocess.interpolation in FILTERS and preprocess.crop_mode != "border"  # border pads: PIL does it
+    if deferrable and min(image.size) < preprocess.crop_size:
         return TF.pil_to_tensor(image)
     return resize_and_crop(image, preprocess)
 

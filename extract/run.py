@@ -77,7 +77,9 @@ def library_versions() -> dict[str, str]:
 def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool: str) -> dict:
     """The root attributes of a cache entry: everything that decides its features, and how to read them."""
     preprocess = backbone.preprocess.to_dict()
-    preprocess["small_images"] = "enlarged to the crop size, not cropped (PIL's filter, float32, a batch at once)"
+    padded = backbone.preprocess.crop_mode == "border"
+    preprocess["small_images"] = ("long side to the crop size, padded (PIL)" if padded else
+                                  "enlarged to the crop size, not cropped (PIL's filter, float32, a batch at once)")
     preprocess["orientation"] = "EXIF orientation applied"
     return {
         "dataset": dataset.slug, "dataset_fingerprint": dataset.fingerprint, "class_names": dataset.class_names,

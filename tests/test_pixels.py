@@ -80,3 +80,21 @@ def test_a_squash_recipe_resizes_both_sides_large_and_small_images_alike():
     assert not torch.equal(resize_and_crop(wide, squash), resize_and_crop(wide, preprocess("bicubic", crop=64)))
     small = random_images((20, 30))
     assert_as_pil(enlarge(torch.stack([resize_or_defer(image, squash) for image in small]), squash), small, squash)
+
+
+@pytest.mark.parametrize("size", [(100, 50), (40, 90), (20, 30), (64, 64)])
+def test_a_border_recipe_keeps_the_whole_image_and_pads_with_the_mean_as_timm_does(size):
+    """timm's 'border' (DeepSeek's ViT): the long side to the resize size, the short side padded with the mean's
+    colour; small images are resized the same way at the crop size, not deferred to `enlarge`."""
+    from timm.data import create_transform
+
+    mean = (0.2, 0.5, 0.8)
+    border = Preprocess(crop_size=64, resize_size=64, mean=mean, std=(0.5,) * 3, interpolation="bicubic",
+                        crop_mode="border")
+    image = random_images(size, 1)[0]
+    timm_transform = create_transform(64, interpolation="bicubic", crop_pct=1.0, crop_mode="border", mean=mean,
+                                      normalize=False)
+    ours = resize_or_defer(image, border)
+    assert torch.equal(ours, timm_transform(image))
+    if size[0] != size[1]:
+        assert ours[:, 0, 0].tolist() == [51, 128, 204]  # a padded corner: round(255 * mean)

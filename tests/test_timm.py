@@ -12,6 +12,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from extract.backbones import (
     PROXY_VARIABLES,
     _host_resolves,
+    _timm_preprocess,
     create_backbone,
     feature_layers,
     replace_classifier,
@@ -44,6 +45,15 @@ def test_a_squash_recipe_is_kept_and_recorded_and_earlier_records_stay_as_they_w
     assert timm.models.get_pretrained_cfg("convnext_tiny.in12k_ft_in1k_384").crop_mode == "squash"
     assert squashed.crop_mode == "squash" and squashed.to_dict()["crop_mode"] == "squash"
     assert squashed.crop_size == squashed.resize_size == 384
+
+
+def test_a_border_recipe_is_kept_and_recorded():
+    """DeepSeek's ViT (the 6 tags of timm 1.0.31 that pad instead of cropping); its config alone, the model is 412M."""
+    recipe = timm.models.get_pretrained_cfg("deepseek_vit_412m.deepseek_v4_1_flash").to_dict()
+    assert recipe["crop_mode"] == "border"
+    preprocess = _timm_preprocess(recipe)
+    assert preprocess.crop_mode == "border" and preprocess.to_dict()["crop_mode"] == "border"
+    assert preprocess.crop_size == preprocess.resize_size == 546
 
 
 def test_unknown_timm_models_and_tags_are_refused_with_the_choices():
