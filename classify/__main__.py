@@ -11,7 +11,7 @@ import numpy as np
 
 from classify.cluster import BACKENDS
 from classify.evaluate import format_confusion
-from classify.heads import DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS, format_grid
+from classify.heads import CALIBRATED_HEADS, DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS, format_grid
 from extract.errors import exit_cli
 from extract.options import add_device_argument
 from extract.store import DEFAULT_CACHE_DIR, latest_cache
@@ -21,6 +21,7 @@ EPILOG = """examples:
   python -m classify logreg cache/FILE.h5 --grid "C=0.01,0.1,1" --cv 5
   python -m classify linearsvm --json             one JSON object on stdout, for scripts
   python -m classify logreg --layer best          choose the layer by CV (cache from extract --layers all)
+  python -m classify svm --probability            the model also gives calibrated probabilities
   python -m classify predict cache/FILE.svm.joblib photo1.jpg photo2.png
   python -m classify svm --backend dask --scheduler tcp://HOST:8786   the sweep's fits on a Dask cluster
 
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                          help="where extract wrote the feature files (default: cache/)")
         sub.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        if head in CALIBRATED_HEADS:
+            sub.add_argument("--probability", action="store_true",
+                             help="give the model probabilities, for `predict` to print, learned from the best "
+                                  "parameters' out-of-fold decision values on the train split (--cv more fits; "
+                                  "svm: libsvm's pairwise coupling, linearsvm: a fitted temperature); the model "
+                                  "then predicts its most probable class")
         if head == "svm":
             sub.add_argument("--exact", action="store_true",
                              help="always fit scikit-learn's SVC (slow above ~10,000 training samples)")
@@ -70,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "classes in memory: (n_a + n_b)^2 x 8 bytes)")
     predict = commands.add_parser("predict", help="classify image files with a saved head",
                                   description="Prints PATH<TAB>CLASS<TAB>PROBABILITY per image, in order; the "
-                                              "probability (of the predicted class) only for heads that give one "
-                                              "(logreg, knn), not the SVMs.")
+                                              "probability (of the predicted class) only for heads that give one: "
+                                              "logreg, knn, and the SVMs trained with --probability.")
     predict.add_argument("model_file", help="a .joblib written by a training command")
     predict.add_argument("images", nargs="+", help="image files, or folders (every image under them)")
     add_device_argument(predict)
@@ -99,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"using the most recent cache: {cache_file}", file=sys.stderr)
     result = train_head(cache_file, args.command, args.grid, args.cv, args.n_jobs, exact=getattr(args, "exact", False),
                         pairwise=getattr(args, "pairwise", False), layer=args.layer, backend=args.backend,
-                        scheduler=args.scheduler,
+                        scheduler=args.scheduler, probability=getattr(args, "probability", False),
                         log=lambda message: print(message, file=sys.stderr))
     if args.json:
         skip = ("report", "confusion", "class_names")

@@ -52,18 +52,20 @@ class PairwiseSVC(ClassifierMixin, BaseEstimator):
     """RBF-kernel SVC (one-vs-one, like `sklearn.svm.SVC`) whose binary problems get precomputed kernels.
 
     Parameters are SVC's: `C`, `gamma` ('scale', as SVC: 1 / (n_features * X.var()), or a number), `tol`,
-    `cache_size` (only for pairs fitted on their features). The fitted attributes have SVC's layout: `classes_`,
-    `gamma_`, `support_` (training rows, grouped by class), `support_vectors_`, `n_support_`, `dual_coef_`
-    (n_classes - 1, n_support_vectors) and `intercept_` (one per pair, in `class_pairs` order).
+    `cache_size` (only for pairs fitted on their features), `decision_function_shape`. The fitted attributes have
+    SVC's layout: `classes_`, `gamma_`, `support_` (training rows, grouped by class), `support_vectors_`,
+    `n_support_`, `dual_coef_` (n_classes - 1, n_support_vectors) and `intercept_` (one per pair, in `class_pairs`
+    order).
     """
 
     def __init__(self, C: float = 1.0, gamma: str | float = "scale", tol: float = 1e-3, cache_size: float = 2000,
-                 max_pair_samples: int = 16_000):
+                 max_pair_samples: int = 16_000, decision_function_shape: str = "ovr"):
         self.C = C
         self.gamma = gamma
         self.tol = tol
         self.cache_size = cache_size
         self.max_pair_samples = max_pair_samples
+        self.decision_function_shape = decision_function_shape
 
     def fit(self, X, y) -> PairwiseSVC:
         X, y = validate_data(self, X, y, dtype=np.float32, order="C")
@@ -125,8 +127,24 @@ class PairwiseSVC(ClassifierMixin, BaseEstimator):
         self.dual_coef_ = np.hstack(columns)
 
     def decision_function(self, X) -> np.ndarray:
-        """(n_samples, n_pairs) one-vs-one decision values, as SVC(decision_function_shape='ovo') gives them:
-        positive for the pair's first class."""
+        """As SVC's: (n_samples,) for two classes, positive for classes_[1]; else per class its votes plus a
+        confidence below 1/2 (shape 'ovr', what probability calibration reads), or per pair of classes the
+        one-vs-one values, positive for the pair's first class (shape 'ovo')."""
+        if self.decision_function_shape not in ("ovr", "ovo"):
+            raise ValueError(f"decision_function_shape must be 'ovr' or 'ovo', not {self.decision_function_shape!r}")
+        decisions = self._pair_decisions(X)
+        if len(self.classes_) == 2:
+            return -decisions[:, 0]
+        if self.decision_function_shape == "ovo":
+            return decisions
+        margins = np.zeros((len(decisions), len(self.classes_)))
+        for p, (a, b) in enumerate(class_pairs(len(self.classes_))):
+            margins[:, a] += decisions[:, p]
+            margins[:, b] -= decisions[:, p]
+        return _votes(decisions, len(self.classes_)) + margins / (3 * (np.abs(margins) + 1))  # SVC's squashing
+
+    def _pair_decisions(self, X) -> np.ndarray:
+        """(n_samples, n_pairs) one-vs-one decision values, positive for the pair's first class."""
         check_is_fitted(self, "support_vectors_")
         X = validate_data(self, X, dtype=np.float32, order="C", reset=False)
         sv_norms = _squared_norms(self.support_vectors_)
@@ -143,10 +161,14 @@ class PairwiseSVC(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """libsvm's vote: each pair votes for one of its classes; ties go to the lower class index."""
-        decisions = self.decision_function(X)
-        votes = np.zeros((len(decisions), len(self.classes_)), dtype=np.int64)
-        for p, (a, b) in enumerate(class_pairs(len(self.classes_))):
-            first = decisions[:, p] > 0
-            votes[:, a] += first
-            votes[:, b] += ~first
-        return self.classes_[votes.argmax(axis=1)]
+        return self.classes_[_votes(self._pair_decisions(X), len(self.classes_)).argmax(axis=1)]
+
+
+def _votes(decisions: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each pair's vote (for its first class where its decision value is positive), counted per class."""
+    votes = np.zeros((len(decisions), n_classes), dtype=np.int64)
+    for p, (a, b) in enumerate(class_pairs(n_classes)):
+        first = decisions[:, p] > 0
+        votes[:, a] += first
+        votes[:, b] += ~first
+    return votes

@@ -34,7 +34,7 @@ def image_files(paths: list[str]) -> list[str]:
 
 class Prediction(NamedTuple):
     """One image's predicted class; `probability` is the head's probability of that class, None for heads that give
-    none (the SVMs: their decision values are not probabilities)."""
+    none (the SVMs trained without --probability: their decision values are not probabilities)."""
 
     path: str
     label: str

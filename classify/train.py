@@ -15,7 +15,7 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 from classify import heads
 from classify.cluster import sweep_backend
 from classify.evaluate import evaluate, plot_confusion
-from classify.heads import build_head, format_grid, is_number, parse_grid, svm_is_pairwise
+from classify.heads import build_head, format_grid, is_number, parse_grid, svm_is_pairwise, with_probabilities
 from classify.models import save_model
 from extract.errors import UsageError
 from extract.store import open_cache
@@ -141,10 +141,13 @@ def layer_grid(layer: str | None, layout: dict) -> tuple[str, list[str]]:
 
 def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, cv: int = 3, n_jobs: int = -1,
                exact: bool = False, pairwise: bool = False, layer: str | None = None, backend: str = "local",
-               scheduler: str | None = None, log: Callable[[str], None] = print) -> TrainResult:
+               scheduler: str | None = None, probability: bool = False,
+               log: Callable[[str], None] = print) -> TrainResult:
     """GridSearchCV on the train split (over `layer` too when it is 'best'), then one score on the test split.
 
-    With backend 'dask' the search's fits run on the cluster at `scheduler`; refits run here."""
+    With `probability` an SVM head is fitted with the best parameters to give probabilities too
+    (`heads.with_probabilities`). With
+    backend 'dask' the search's fits run on the cluster at `scheduler`; refits run here."""
     if head not in heads.HEADS:
         raise UsageError(f"unknown head {head!r}; choose one of {', '.join(heads.HEADS)}")
     if n_jobs == 0:
@@ -158,6 +161,9 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     x_test, y_test, _ = cache.load("test")
     if head != "svm" and (exact or pairwise):
         raise UsageError("--exact and --pairwise choose how the svm head is fitted; the linear heads have one way")
+    if probability and head not in heads.CALIBRATED_HEADS:
+        raise UsageError(f"--probability calibrates the SVMs ({', '.join(heads.CALIBRATED_HEADS)}); {head} gives "
+                         "probabilities of its own")
     use_pairwise = head == "svm" and svm_is_pairwise(len(y_train), exact, pairwise)
     grid = parse_grid(grid_text, head, use_pairwise)
     start_layer, search_layers = layer_grid(layer, cache.layout)
@@ -177,12 +183,16 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     combos = int(np.prod([len(v) for v in grid.values()]))
     log(f"{head}: GridSearchCV over {dict((short_name(k), v) for k, v in grid.items())}, "
         f"{cv}-fold on {len(y_train)} train samples x {x_train.shape[1]} features ({combos * cv} fits + 1)")
-    search = GridSearchCV(estimator, grid, cv=folds,
-                          n_jobs=n_jobs, error_score="raise")
+    search = GridSearchCV(estimator, grid, cv=folds, n_jobs=n_jobs, error_score="raise", refit=not probability)
     started = time.perf_counter()
     with sweep_backend(backend, scheduler, log):
         search.fit(x_train, y_train)
-    model = search.best_estimator_
+    if probability:
+        log(f"{head}: probabilities learned from the best parameters' out-of-fold decision values ({cv} fits + 1)")
+        model = with_probabilities(clone(estimator).set_params(**search.best_params_), folds, n_jobs)
+        model.fit(x_train, y_train)
+    else:
+        model = search.best_estimator_
     seconds = time.perf_counter() - started  # the whole training: search, and the refit on all samples
     note = grid_edge_note(grid, search.cv_results_, search.best_index_)
     if note:

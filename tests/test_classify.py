@@ -72,6 +72,35 @@ def test_predict_prints_no_probability_for_an_svm(cache_copy, sample_dir, capsys
     assert code == 0 and out.strip().splitlines() == expected
 
 
+@pytest.mark.parametrize("head, grid", [("svm", "C=10"), ("linearsvm", "C=0.001")])
+def test_an_svm_trained_with_probability_predicts_its_most_probable_class_and_prints_it(head, grid, cache_copy,
+                                                                                        sample_dir, capsys):
+    code, out, err = run(main, [head, str(cache_copy), "--grid", grid, "--cv", "2", "--n-jobs", "1", "--probability",
+                                "--json"], capsys)
+    assert code == 0 and "probabilities learned from the best parameters' out-of-fold decision values" in err, err
+    result = json.loads(out)
+    model, metadata = load_model(result["model_file"])
+    features, labels, ids = open_cache(cache_copy).load("test")
+    probabilities = model.predict_proba(features)
+    assert np.allclose(probabilities.sum(axis=1), 1) and probabilities.min() >= 0
+    assert np.array_equal(model.predict(features), probabilities.argmax(axis=1))
+    assert np.mean(model.predict(features) == labels) == pytest.approx(result["test_accuracy"])
+    code, out, _ = run(main, ["predict", result["model_file"], *(str(sample_dir / ids[i]) for i in (0, 1))], capsys)
+    lines = [line.split("\t") for line in out.strip().splitlines()]
+    assert [label for _, label, _ in lines] == [metadata["class_names"][i] for i in probabilities[:2].argmax(axis=1)]
+    assert [float(p) for _, _, p in lines] == pytest.approx(probabilities[:2].max(axis=1), abs=5e-4)
+
+
+def test_probability_is_for_the_svms_the_others_have_their_own(cache_copy, capsys):
+    from classify.train import train_head
+
+    with pytest.raises(UsageError, match="--probability calibrates the SVMs .*logreg gives probabilities of its own"):
+        train_head(cache_copy, "logreg", probability=True, log=lambda m: None)
+    with pytest.raises(SystemExit) as exit_status:
+        main(["knn", str(cache_copy), "--probability"])
+    assert exit_status.value.code == 2 and "unrecognized arguments: --probability" in capsys.readouterr().err
+
+
 def test_predict_takes_folders_and_checks_every_path_first(trained, cache_copy, sample_dir, tmp_path, capsys):
     features, _, ids = open_cache(cache_copy).load("test")
     model, metadata = load_model(trained.model_file)

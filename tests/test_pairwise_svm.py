@@ -20,7 +20,7 @@ def digits():
 def test_same_model_as_svc(digits, C, max_pair_samples):
     x_train, y_train, x_test, _ = digits
     reference = SVC(C=C, gamma="scale", decision_function_shape="ovo").fit(x_train, y_train)
-    ours = PairwiseSVC(C=C, max_pair_samples=max_pair_samples).fit(x_train, y_train)
+    ours = PairwiseSVC(C=C, max_pair_samples=max_pair_samples, decision_function_shape="ovo").fit(x_train, y_train)
     assert np.array_equal(ours.predict(x_test), reference.predict(x_test))
     # the solver stops at tolerance 1e-3: decision values agree to about that, not bit for bit
     np.testing.assert_allclose(ours.decision_function(x_test), reference.decision_function(x_test), atol=1e-2)
@@ -28,6 +28,24 @@ def test_same_model_as_svc(digits, C, max_pair_samples):
     assert ours.gamma_ == pytest.approx(reference._gamma)
     assert ours.dual_coef_.shape[0] == len(ours.classes_) - 1
     assert np.abs(ours.n_support_ - reference.n_support_).max() <= 2  # vectors with alpha ~ 0 may differ
+
+
+@pytest.mark.parametrize("classes", [10, 2])
+def test_one_vs_rest_decision_values_are_svcs(digits, classes):
+    """SVC's default shape: per class its votes plus a confidence (for two classes one column, positive for
+    classes_[1]); what probability calibration reads."""
+    x_train, y_train, x_test, _ = digits
+    keep = y_train < classes
+    reference = SVC(C=10, gamma="scale").fit(x_train[keep], y_train[keep])
+    ours = PairwiseSVC(C=10).fit(x_train[keep], y_train[keep])
+    expected = reference.decision_function(x_test)
+    difference = ours.decision_function(x_test) - expected
+    assert difference.shape == expected.shape
+    # a pair's decision within the solver's tolerance of zero may vote the other way: a whole vote moves
+    np.testing.assert_allclose(difference, np.round(difference), atol=1e-2)
+    assert (np.abs(difference) > 0.5).mean() < 2e-3
+    with pytest.raises(ValueError, match="'ovr' or 'ovo'"):
+        ours.set_params(decision_function_shape="ovx").decision_function(x_test)
 
 
 def test_labels_of_any_type_and_unequal_classes(digits):
