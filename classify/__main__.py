@@ -1,4 +1,5 @@
-"""python -m classify HEAD [CACHE_FILE]: train a scikit-learn head on cached features; predict new images."""
+"""python -m classify HEAD [CACHE_FILE]: train a scikit-learn head on cached features; predict new images; map
+the features."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from classify.cluster import BACKENDS
 from classify.evaluate import format_confusion
+from classify.feature_map import DEFAULT_SAMPLES
 from classify.heads import CALIBRATED_HEADS, DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS, format_grid
 from extract.errors import exit_cli
 from extract.options import add_device_argument
@@ -23,6 +25,7 @@ EPILOG = """examples:
   python -m classify logreg --layer best          choose the layer by CV (cache from extract --layers all)
   python -m classify svm --probability            the model also gives calibrated probabilities
   python -m classify predict cache/FILE.svm.joblib photo1.jpg photo2.png
+  python -m classify map                          t-SNE picture of the newest cache's features, by class
   python -m classify svm --backend dask --scheduler tcp://HOST:8786   the sweep's fits on a Dask cluster
 
 default grids, as --grid takes them: """ + ", ".join(f'{h} "{format_grid(g)}"' for h, g in DEFAULT_GRIDS.items()) + f"""
@@ -39,7 +42,8 @@ matrix (FILE.HEAD.confusion.png) are written beside the cache file.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m classify", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(HEADS) + ",predict}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{" + ",".join(HEADS) + ",predict,map}")
     for head in HEADS:
         sub = commands.add_parser(head, help=f"train a {head} head by GridSearchCV and test it")
         sub.add_argument("cache_file", nargs="?",
@@ -84,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(predict)
     predict.add_argument("--skip-bad", action="store_true",
                          help="name unreadable images on stderr and classify the rest (default: stop at the first)")
+    feature_map = commands.add_parser("map", help="draw a cache's train features in 2-D by t-SNE, coloured by class",
+                                      description="Writes FILE.map.png beside the cache: do the backbone's features "
+                                                  "already group the classes, and which ones mingle?")
+    feature_map.add_argument("cache_file", nargs="?", help="HDF5 cache entry, or a folder of them for the newest "
+                                                           "there (default: the newest in --cache-dir)")
+    feature_map.add_argument("--layer", default=None, help="which cached layer to draw (default: penultimate)")
+    feature_map.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                             help=f"train images to draw, picked at random (default {DEFAULT_SAMPLES}: about 10 s)")
+    feature_map.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                             help="where extract wrote the feature files (default: cache/)")
     return parser
 
 
@@ -98,12 +112,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}\t{label}" + ("" if probability is None else f"\t{probability:.3f}"), flush=True)
         return 0
 
-    from classify.train import train_head
-
     cache_file = args.cache_file
     if cache_file is None or Path(cache_file).is_dir():
         cache_file = latest_cache(cache_file or args.cache_dir)
         print(f"using the most recent cache: {cache_file}", file=sys.stderr)
+    if args.command == "map":
+        from classify.feature_map import feature_map
+
+        print(feature_map(cache_file, args.layer, args.samples, log=lambda message: print(message, file=sys.stderr)))
+        return 0
+
+    from classify.train import train_head
+
     result = train_head(cache_file, args.command, args.grid, args.cv, args.n_jobs, exact=getattr(args, "exact", False),
                         pairwise=getattr(args, "pairwise", False), layer=args.layer, backend=args.backend,
                         scheduler=args.scheduler, probability=getattr(args, "probability", False),

@@ -335,3 +335,32 @@ def test_a_best_value_at_the_end_of_the_grid_is_reported_with_a_grid_that_goes_b
     grid, results, best = seen[0]
     assert code == 0 and "note: from the search" in err and json.loads(out)["best_params"] == {
         "C": results["params"][best]["clf__C"]} and grid == {"clf__C": [1e-07, 0.01]} and "split1_test_score" in results
+
+
+def test_the_feature_map_keeps_separate_classes_apart():
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from classify.feature_map import embed
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    features = rng.normal(size=(120, 64)) + 6 * np.eye(3, 64)[labels]  # three blobs, 6 sd apart
+    coords = embed(features)
+    assert coords.shape == (120, 2) and np.array_equal(coords, embed(features))  # the same map on every run
+    assert cross_val_score(KNeighborsClassifier(1), coords, labels, cv=5).mean() == 1.0
+    assert cross_val_score(KNeighborsClassifier(1), embed(rng.normal(size=(120, 64))), labels, cv=5).mean() < 0.6
+
+
+def test_map_draws_a_cache_beside_it(cache_copy, capsys):
+    from PIL import Image
+
+    code, out, err = run(main, ["map", str(cache_copy), "--samples", "40"], capsys)
+    assert code == 0 and "t-SNE of 40 train images x 1280 penultimate features" in err, err
+    path = out.strip()
+    assert path == str(cache_copy.with_suffix(".map.png"))
+    assert Image.open(path).size[0] > 500
+    for argv, message in [(["--samples", "3"], "--samples 3 is too few to map; give 10 or more"),
+                          (["--layer", "stage9"], "this cache has no layer stage9")]:
+        code, _, err = run(main, ["map", str(cache_copy), *argv], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, err
