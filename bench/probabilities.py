@@ -26,23 +26,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn.base import clone  # noqa: E402
 from sklearn.calibration import CalibratedClassifierCV  # noqa: E402
-from sklearn.metrics import log_loss, roc_auc_score  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
+from classify.evaluate import evaluate  # noqa: E402
 from classify.models import load_model  # noqa: E402
-from classify.train import train_head  # noqa: E402
+from classify.train import class_probabilities, train_head  # noqa: E402
 from extract.store import open_cache  # noqa: E402
 
 
-def quality(probabilities: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
-    """Log loss, expected calibration error (10 bins) and AUROC of the predicted class's probability."""
-    confidence = probabilities[np.arange(len(predicted)), predicted]
+def quality(model, features: np.ndarray, labels: np.ndarray, class_names: list[str]) -> tuple[float, ...]:
+    """Test accuracy, log loss, expected calibration error (as `classify` prints them) and the AUROC of the
+    predicted class's probability for telling right predictions from wrong."""
+    predicted = model.predict(features)
+    probabilities = class_probabilities(model, features, len(class_names))
+    scores = evaluate(labels, predicted, class_names, probabilities)
     right = predicted == labels
-    bins = np.minimum((confidence * 10).astype(int), 9)
-    error = sum(abs(right[bins == b].mean() - confidence[bins == b].mean()) * np.mean(bins == b)
-                for b in np.unique(bins))
-    return log_loss(labels, probabilities, labels=np.arange(probabilities.shape[1])), error, \
-        roc_auc_score(right, confidence)
+    auroc = roc_auc_score(right, probabilities[np.arange(len(predicted)), predicted])
+    return scores.accuracy, scores.log_loss, scores.calibration_error, auroc
 
 
 def main() -> None:
@@ -62,9 +63,8 @@ def main() -> None:
                             log=lambda m: print(f"  {m}", flush=True))
         seconds = time.perf_counter() - started
         model, _ = load_model(result.model_file)
-        predicted = model.predict(x_test)
         rows.append((f"{head}{' --probability' if probability else ''}", result.best_params, seconds,
-                     float(np.mean(predicted == y_test)), *quality(model.predict_proba(x_test), predicted, y_test)))
+                     *quality(model, x_test, y_test, cache.class_names)))
         print(f"  {rows[-1][0]}: {seconds:.1f} s", flush=True)
         if head == "svm":  # the rejected alternative, on the same best parameters and folds
             svm = model.named_steps["clf"].estimator_
@@ -73,10 +73,8 @@ def main() -> None:
             tempered = CalibratedClassifierCV(clone(svm).set_params(decision_function_shape="ovr"),
                                               method="temperature", cv=folds, ensemble=False).fit(x_train, y_train)
             seconds = time.perf_counter() - started
-            predicted = tempered.predict(x_test)
             rows.append(("svm, one temperature on its votes", result.best_params, seconds,
-                         float(np.mean(predicted == y_test)), *quality(tempered.predict_proba(x_test), predicted,
-                                                                       y_test)))
+                         *quality(tempered, x_test, y_test, cache.class_names)))
             print(f"  {rows[-1][0]}: {seconds:.1f} s (calibration alone)", flush=True)
 
     print("\n| head | best params | train s | test acc | log loss | ECE | AUROC right/wrong |")

@@ -142,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     low, high = result.test_accuracy_interval
     print(f"\ntest accuracy {result.test_accuracy:.4f} (95% interval {low:.3f}-{high:.3f})   "
           f"macro-F1 {result.macro_f1:.4f}   "
-          f"({result.n_test} test images, {result.n_train} train, {result.feature_dim} {result.layer} features)\n")
+          f"({result.n_test} test images, {result.n_train} train, {result.feature_dim} {result.layer} features)")
+    if result.test_log_loss is not None:
+        print(f"probabilities: test log loss {result.test_log_loss:.4f}, calibration error "
+              f"{result.test_calibration_error:.4f} (0: the predicted class is right as often as its probability says)")
+    print()
     print(result.report)
     print(format_confusion(np.asarray(result.confusion), result.class_names))
     print(f"\nmodel: {result.model_file}\nconfusion matrix: {result.confusion_png}")

@@ -1,4 +1,5 @@
-"""Test metrics computed once on the held-out split: accuracy, macro-F1, per-class report, confusion matrix."""
+"""Test metrics computed once on the held-out split: accuracy, macro-F1, per-class report, confusion matrix, and
+for heads that give probabilities, how good those are."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, log_loss
 
 
 @dataclass
@@ -16,6 +17,8 @@ class Evaluation:
     macro_f1: float
     report: str
     confusion: np.ndarray
+    log_loss: float | None = None  # of the probabilities, where the head gives them
+    calibration_error: float | None = None
 
 
 def accuracy_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -29,8 +32,22 @@ def accuracy_interval(correct: int, total: int, z: float = 1.96) -> tuple[float,
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
-def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> Evaluation:
+def calibration_error(probabilities: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: over 10 bins of the predicted class's probability, how far that probability is
+    from how often the prediction is right, weighted by the bin's share of images (0: as often right as it says)."""
+    confidence = probabilities[np.arange(len(y_pred)), y_pred]
+    right = y_true == y_pred
+    binned = np.minimum((confidence * bins).astype(int), bins - 1)
+    return float(sum(abs(right[binned == b].mean() - confidence[binned == b].mean()) * np.mean(binned == b)
+                     for b in np.unique(binned)))
+
+
+def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str],
+             probabilities: np.ndarray | None = None) -> Evaluation:
+    """`probabilities`, where given: (n, n_classes), a column per class of `class_names`."""
     labels = np.arange(len(class_names))
+    if probabilities is not None:
+        probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)  # float32 sums miss 1 by 1e-7
     return Evaluation(
         accuracy=float(accuracy_score(y_true, y_pred)),
         accuracy_interval=accuracy_interval(int(np.sum(y_true == y_pred)), len(y_true)),
@@ -38,6 +55,8 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> 
         report=classification_report(y_true, y_pred, labels=labels, target_names=class_names, digits=3,
                                      zero_division=0),
         confusion=confusion_matrix(y_true, y_pred, labels=labels),
+        log_loss=None if probabilities is None else float(log_loss(y_true, probabilities, labels=labels)),
+        calibration_error=None if probabilities is None else calibration_error(probabilities, y_true, y_pred),
     )
 
 

@@ -34,6 +34,8 @@ class TrainResult:
     test_accuracy: float
     test_accuracy_interval: tuple[float, float]  # 95% Wilson interval: what the test split's size allows to say
     macro_f1: float
+    test_log_loss: float | None  # for heads that give probabilities (logreg, knn, the SVMs with --probability)
+    test_calibration_error: float | None
     n_train: int
     n_test: int
     feature_dim: int
@@ -197,7 +199,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     note = grid_edge_note(grid, search.cv_results_, search.best_index_)
     if note:
         log(note)
-    evaluation = evaluate(y_test, model.predict(x_test), cache.class_names)
+    evaluation = evaluate(y_test, model.predict(x_test), cache.class_names, class_probabilities(model, x_test,
+                                                                                              len(cache.class_names)))
 
     base = cache.path.with_suffix("")
     if layer:  # models of other layers than the default sit beside the default one
@@ -213,7 +216,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
         best_params={short_name(k): v for k, v in search.best_params_.items()}, layer=selector.layer,
         cv_accuracy=float(search.best_score_), cv_scores=cv_scores, layer_scores=layer_scores,
         test_accuracy=evaluation.accuracy, test_accuracy_interval=evaluation.accuracy_interval,
-        macro_f1=evaluation.macro_f1, n_train=len(y_train), n_test=len(y_test),
+        macro_f1=evaluation.macro_f1, test_log_loss=evaluation.log_loss,
+        test_calibration_error=evaluation.calibration_error, n_train=len(y_train), n_test=len(y_test),
         feature_dim=int(selector.transform(x_train[:1]).shape[1]), search_seconds=seconds, model_file=str(model_path),
         confusion_png=str(png), class_names=cache.class_names, report=evaluation.report,
         confusion=evaluation.confusion.tolist())
@@ -221,6 +225,16 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
                                               "precision", "dataset", "dataset_fingerprint", "transform")}
     save_model(model, model_path, {**result.to_dict(), "provenance": provenance})
     return result
+
+
+def class_probabilities(model, features: np.ndarray, n_classes: int) -> np.ndarray | None:
+    """The model's probabilities with a column for every class of the cache (a class without train images has
+    none in `model.classes_`), or None where it gives none."""
+    if not hasattr(model, "predict_proba"):
+        return None
+    probabilities = np.zeros((len(features), n_classes))
+    probabilities[:, model.classes_] = model.predict_proba(features)
+    return probabilities
 
 
 def _cv_tables(search: GridSearchCV, layers: list[str]) -> tuple[list[dict], dict[str, float]]:

@@ -364,3 +364,33 @@ def test_map_draws_a_cache_beside_it(cache_copy, capsys):
                           (["--layer", "stage9"], "this cache has no layer stage9")]:
         code, _, err = run(main, ["map", str(cache_copy), *argv], capsys)
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_calibration_error_is_how_far_the_probability_is_from_how_often_it_is_right():
+    from classify.evaluate import calibration_error
+
+    y_true = np.array([0, 0, 1, 1, 0, 1, 0, 1, 0, 0])
+    y_pred = np.zeros(10, dtype=int)  # right 6 times in 10
+    says = np.full((10, 2), 0.5)
+    says[:, 0] = 0.6
+    says[:, 1] = 0.4
+    assert calibration_error(says, y_true, y_pred) == pytest.approx(0.0)
+    says[:, 0], says[:, 1] = 0.95, 0.05
+    assert calibration_error(says, y_true, y_pred) == pytest.approx(0.35)
+
+
+def test_heads_with_probabilities_report_their_test_log_loss(cache_copy, capsys):
+    from sklearn.metrics import log_loss
+
+    from classify.train import train_head
+
+    knn = train_head(cache_copy, "knn", "n_neighbors=5", cv=2, n_jobs=1, log=lambda m: None)
+    model, _ = load_model(knn.model_file)
+    features, labels, _ = open_cache(cache_copy).load("test")
+    assert knn.test_log_loss == pytest.approx(log_loss(labels, model.predict_proba(features)), rel=1e-5)
+    assert 0 <= knn.test_calibration_error <= 1
+    code, out, _ = run(main, ["linearsvm", str(cache_copy), "--grid", "C=0.001", "--cv", "2", "--n-jobs", "1",
+                              "--json"], capsys)
+    assert code == 0 and json.loads(out)["test_log_loss"] is None  # an SVM without --probability gives none
+    code, out, _ = run(main, ["logreg", str(cache_copy), "--grid", "C=0.01", "--cv", "2", "--n-jobs", "1"], capsys)
+    assert code == 0 and "probabilities: test log loss " in out
