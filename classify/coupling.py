@@ -50,6 +50,8 @@ class CoupledSVC(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X) -> np.ndarray:
+        """The SVM's one-vs-one decision values: (n_samples, n_pairs), positive for a pair's first class; for two
+        classes (n_samples,), positive for classes_[1]."""
         check_is_fitted(self, "pair_sigmoids_")
         return self.estimator_.decision_function(X)
 

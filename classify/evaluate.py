@@ -33,7 +33,7 @@ def accuracy_interval(correct: int, total: int, z: float = 1.96) -> tuple[float,
 
 
 def calibration_error(probabilities: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error: over 10 bins of the predicted class's probability, how far that probability is
+    """Expected calibration error: over `bins` bins of the predicted class's probability, how far that probability is
     from how often the prediction is right, weighted by the bin's share of images (0: as often right as it says)."""
     confidence = probabilities[np.arange(len(y_pred)), y_pred]
     right = y_true == y_pred

@@ -148,8 +148,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     """GridSearchCV on the train split (over `layer` too when it is 'best'), then one score on the test split.
 
     With `probability` an SVM head is fitted with the best parameters to give probabilities too
-    (`heads.with_probabilities`). With
-    backend 'dask' the search's fits run on the cluster at `scheduler`; refits run here."""
+    (`heads.with_probabilities`). With backend 'dask' the search's fits run on the cluster at `scheduler`; refits
+    run here."""
     if head not in heads.HEADS:
         raise UsageError(f"unknown head {head!r}; choose one of {', '.join(heads.HEADS)}")
     if n_jobs == 0:
@@ -199,8 +199,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     note = grid_edge_note(grid, search.cv_results_, search.best_index_)
     if note:
         log(note)
-    evaluation = evaluate(y_test, model.predict(x_test), cache.class_names, class_probabilities(model, x_test,
-                                                                                              len(cache.class_names)))
+    probabilities = class_probabilities(model, x_test, len(cache.class_names))
+    evaluation = evaluate(y_test, model.predict(x_test), cache.class_names, probabilities)
 
     base = cache.path.with_suffix("")
     if layer:  # models of other layers than the default sit beside the default one
