@@ -104,6 +104,8 @@ class FinetuneResult:
     test_accuracy: float
     test_accuracy_interval: tuple[float, float]  # 95% Wilson interval (classify/evaluate.py)
     macro_f1: float
+    test_log_loss: float  # of the softmax probabilities (classify/evaluate.py)
+    test_calibration_error: float
     best_epoch: int
     epochs_run: int
     trainable_params: int
@@ -328,14 +330,16 @@ class _Trainer:
         return total_loss / seen, correct / seen, seen
 
     @torch.inference_mode()
-    def predict(self, loader) -> np.ndarray:
-        """Predicted classes of the loader's images; under torchrun, of every rank's share joined in order."""
+    def probabilities(self, loader, n_classes: int) -> np.ndarray:
+        """Class probabilities (softmax) of the loader's images; under torchrun, every rank's share joined in
+        order."""
         self.model.eval()
-        predictions = [np.zeros(0, dtype=np.int64)]
+        batches = [np.zeros((0, n_classes), dtype=np.float32)]
         for images, _ in _batches(loader):
             with torch.autocast(**self.autocast):
-                predictions.append(self.model(self.inputs(images)).argmax(1).cpu().numpy())
-        return np.concatenate(self.ranks.gather(np.concatenate(predictions)))
+                logits = self.model(self.inputs(images))
+            batches.append(logits.float().softmax(1).cpu().numpy())
+        return np.concatenate(self.ranks.gather(np.concatenate(batches)))
 
 
 def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], None] = print,
@@ -355,7 +359,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     keep_freed_memory()
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    model, preprocess, head = prepare_model(config, len(dataset.class_names))
+    n_classes = len(dataset.class_names)
+    model, preprocess, head = prepare_model(config, n_classes)
     model.to(device).to(memory_format=torch.channels_last)
     out = make_folder(config.out, "--out")
 
@@ -405,7 +410,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
             train_loss, train_acc, seen = trainer.train_epoch(train_loader, optimizer, schedule, bar, epoch)
         train_seconds += time.perf_counter() - epoch_start
         train_images += seen
-        val_acc = float(np.mean(trainer.predict(val_loader) == train_split.labels[val_idx]))
+        val_predictions = trainer.probabilities(val_loader, n_classes).argmax(1)
+        val_acc = float(np.mean(val_predictions == train_split.labels[val_idx]))
         history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                         "val_accuracy": val_acc, "seconds": time.perf_counter() - epoch_start,
                         "lr_head": optimizer.param_groups[0]["lr"]})
@@ -428,19 +434,22 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     ranks.barrier()  # best.pt is written
     test_start = time.perf_counter()
     model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
-    predictions = trainer.predict(test_loader)
+    probabilities = trainer.probabilities(test_loader, n_classes)
+    predictions = probabilities.argmax(1)
     seconds = sum(row["seconds"] for row in history) + time.perf_counter() - test_start
-    evaluation = evaluate(test_split.labels, predictions, dataset.class_names)
+    evaluation = evaluate(test_split.labels, predictions, dataset.class_names, probabilities)
     result = FinetuneResult(
         strategy=config.mode, test_accuracy=evaluation.accuracy, test_accuracy_interval=evaluation.accuracy_interval,
-        macro_f1=evaluation.macro_f1,
+        macro_f1=evaluation.macro_f1, test_log_loss=evaluation.log_loss,
+        test_calibration_error=evaluation.calibration_error,
         best_epoch=best_epoch, epochs_run=len(history), trainable_params=trainable, total_params=total,
         seconds=seconds,
         train_images_per_second=train_images / max(train_seconds, 1e-9), history=history,
         test_predictions=predictions.tolist(), out=str(out))
     if ranks.is_main:
         (out / "result.json").write_text(json.dumps({**result.to_dict(), "config": asdict(config)}, indent=2))
-    log(f"{config.mode}: test accuracy {result.test_accuracy:.4f} (best epoch {best_epoch}, val {best_val:.4f})")
+    log(f"{config.mode}: test accuracy {result.test_accuracy:.4f} (best epoch {best_epoch}, val {best_val:.4f}), "
+        f"log loss {result.test_log_loss:.4f}, calibration error {result.test_calibration_error:.4f}")
     return result
 
 

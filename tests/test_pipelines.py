@@ -68,6 +68,24 @@ def test_resume_continues_from_the_saved_epoch(sample_dir, tiny_dataset, tmp_pat
     assert (tmp_path / "history.png").exists() and len((tmp_path / "history.csv").read_text().splitlines()) == 3
 
 
+def test_the_test_log_loss_is_of_the_best_checkpoints_softmax(sample_dir, tiny_dataset, tmp_path):
+    from sklearn.metrics import log_loss
+
+    from extract.pixels import normalize, resize_and_crop
+
+    config = FinetuneConfig(dataset=str(sample_dir), mode="head", out=str(tmp_path), **TINY)
+    result = finetune(config, dataset=tiny_dataset, log=lambda m: None)
+    model, preprocess, _ = prepare_model(config, len(tiny_dataset.class_names))
+    model.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=True)["model"])
+    test = tiny_dataset.splits["test"]
+    pixels = torch.stack([resize_and_crop(test.image(i), preprocess) for i in range(len(test))])
+    with torch.inference_mode():
+        probabilities = model.eval()(normalize(pixels, preprocess, torch.device("cpu"))).softmax(1).numpy()
+    assert result.test_log_loss == pytest.approx(log_loss(test.labels, probabilities, labels=range(10)), rel=1e-3)
+    assert result.test_predictions == probabilities.argmax(1).tolist()
+    assert 0 <= result.test_calibration_error <= 1
+
+
 def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
     out = tmp_path / "report"
     code, stdout, _ = run(main, ["compare", "efficientnet_lite0", str(sample_dir), "--strategies",
