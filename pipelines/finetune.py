@@ -329,17 +329,26 @@ class _Trainer:
                                                           strict=True))
         return total_loss / seen, correct / seen, seen
 
-    @torch.inference_mode()
+    def predict(self, loader) -> np.ndarray:
+        """Predicted classes of the loader's images (what validation needs each epoch: one number per image)."""
+        return self._per_image(loader, lambda logits: logits.argmax(1), np.zeros(0, dtype=np.int64))
+
     def probabilities(self, loader, n_classes: int) -> np.ndarray:
-        """Class probabilities (softmax) of the loader's images; under torchrun, every rank's share joined in
+        """Class probabilities (softmax) of the loader's images, for the test split's log loss."""
+        return self._per_image(loader, lambda logits: logits.float().softmax(1),
+                               np.zeros((0, n_classes), dtype=np.float32))
+
+    @torch.inference_mode()
+    def _per_image(self, loader, reduce: Callable[[torch.Tensor], torch.Tensor], empty: np.ndarray) -> np.ndarray:
+        """`reduce` of the model's logits for the loader's images; under torchrun, every rank's share joined in
         order."""
         self.model.eval()
-        batches = [np.zeros((0, n_classes), dtype=np.float32)]
+        parts = [empty]
         for images, _ in _batches(loader):
             with torch.autocast(**self.autocast):
                 logits = self.model(self.inputs(images))
-            batches.append(logits.float().softmax(1).cpu().numpy())
-        return np.concatenate(self.ranks.gather(np.concatenate(batches)))
+            parts.append(reduce(logits).cpu().numpy())
+        return np.concatenate(self.ranks.gather(np.concatenate(parts)))
 
 
 def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], None] = print,
@@ -410,8 +419,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
             train_loss, train_acc, seen = trainer.train_epoch(train_loader, optimizer, schedule, bar, epoch)
         train_seconds += time.perf_counter() - epoch_start
         train_images += seen
-        val_predictions = trainer.probabilities(val_loader, n_classes).argmax(1)
-        val_acc = float(np.mean(val_predictions == train_split.labels[val_idx]))
+        val_acc = float(np.mean(trainer.predict(val_loader) == train_split.labels[val_idx]))
         history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                         "val_accuracy": val_acc, "seconds": time.perf_counter() - epoch_start,
                         "lr_head": optimizer.param_groups[0]["lr"]})
