@@ -34,8 +34,9 @@ pair at a time on kernel matrices computed with BLAS (PairwiseSVC: 50 s instead 
 features); --exact and --pairwise force either.
 The grid search uses the train split only; the test split is scored once, with the best parameters. A best
 value at an end of the grid that beat its neighbour in every fold is named on stderr, with a grid to try next.
-The fitted pipeline (FILE.HEAD.joblib), its metrics and provenance (FILE.HEAD.json) and the confusion
-matrix (FILE.HEAD.confusion.png) are written beside the cache file.
+The fitted pipeline (FILE.HEAD.joblib), its metrics and provenance (FILE.HEAD.json), the confusion
+matrix (FILE.HEAD.confusion.png), every test image's prediction (FILE.HEAD.predictions.csv) and, for image
+folders and tables, a picture of the wrong ones (FILE.HEAD.mistakes.png) are written beside the cache file.
 """
 
 
@@ -149,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(result.report)
     print(format_confusion(np.asarray(result.confusion), result.class_names))
-    print(f"\nmodel: {result.model_file}\nconfusion matrix: {result.confusion_png}")
+    print(f"\nmodel: {result.model_file}\nconfusion matrix: {result.confusion_png}\n"
+          f"test predictions: {result.predictions_csv} ({result.n_wrong} of {result.n_test} wrong)")
+    if result.mistakes_png:
+        print(f"wrong test images: {result.mistakes_png}")
     return 0
 
 

@@ -16,6 +16,7 @@ from classify import heads
 from classify.cluster import sweep_backend
 from classify.evaluate import evaluate, plot_confusion
 from classify.heads import build_head, format_grid, is_number, parse_grid, svm_is_pairwise, with_probabilities
+from classify.mistakes import plot_mistakes, predicted_probabilities, write_predictions
 from classify.models import save_model
 from extract.errors import UsageError
 from extract.store import open_cache
@@ -42,6 +43,9 @@ class TrainResult:
     search_seconds: float
     model_file: str
     confusion_png: str
+    predictions_csv: str  # every test image's true and predicted class
+    mistakes_png: str | None  # wrong test images pictured, where the cache's ids are image files
+    n_wrong: int
     class_names: list[str] = field(repr=False)
     report: str = field(repr=False)
     confusion: list[list[int]] = field(repr=False)
@@ -160,7 +164,7 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
         log(f"warning: {copies} test image(s) of this cache are byte-for-byte copies of train images (named when it "
             "was extracted): the test accuracy counts them as unseen")
     x_train, y_train, _ = cache.load("train")
-    x_test, y_test, _ = cache.load("test")
+    x_test, y_test, test_ids = cache.load("test")
     if head != "svm" and (exact or pairwise):
         raise UsageError("--exact and --pairwise choose how the svm head is fitted; the linear heads have one way")
     if probability and head not in heads.CALIBRATED_HEADS:
@@ -200,7 +204,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     if note:
         log(note)
     probabilities = class_probabilities(model, x_test, len(cache.class_names))
-    evaluation = evaluate(y_test, model.predict(x_test), cache.class_names, probabilities)
+    y_pred = model.predict(x_test)
+    evaluation = evaluate(y_test, y_pred, cache.class_names, probabilities)
 
     base = cache.path.with_suffix("")
     if layer:  # models of other layers than the default sit beside the default one
@@ -208,6 +213,12 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     model_path = Path(f"{base}.{head}.joblib")
     png = plot_confusion(evaluation.confusion, cache.class_names, Path(f"{base}.{head}.confusion.png"),
                          f"{head} on {cache.attrs['backbone']} features: test accuracy {evaluation.accuracy:.3f}")
+    confidence = predicted_probabilities(probabilities, y_pred)
+    predictions = write_predictions(Path(f"{base}.{head}.predictions.csv"), test_ids, y_test, y_pred, confidence,
+                                    cache.class_names)
+    mistakes = plot_mistakes(cache.attrs.get("dataset_source", ""), test_ids, y_test, y_pred, confidence,
+                             cache.class_names, Path(f"{base}.{head}.mistakes.png"),
+                             f"{head} on {cache.attrs['backbone']} features: wrong test images, true -> predicted")
     cv_scores, layer_scores = _cv_tables(search, search_layers or [start_layer])
     selector = model.named_steps["layer"]
     result = TrainResult(
@@ -219,7 +230,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
         macro_f1=evaluation.macro_f1, test_log_loss=evaluation.log_loss,
         test_calibration_error=evaluation.calibration_error, n_train=len(y_train), n_test=len(y_test),
         feature_dim=int(selector.transform(x_train[:1]).shape[1]), search_seconds=seconds, model_file=str(model_path),
-        confusion_png=str(png), class_names=cache.class_names, report=evaluation.report,
+        confusion_png=str(png), predictions_csv=str(predictions), mistakes_png=str(mistakes) if mistakes else None,
+        n_wrong=int(np.sum(y_pred != y_test)), class_names=cache.class_names, report=evaluation.report,
         confusion=evaluation.confusion.tolist())
     provenance = {k: cache.attrs[k] for k in ("backbone", "weights", "weights_sha256", "layer", "pool", "image_size",
                                               "precision", "dataset", "dataset_fingerprint", "transform")}

@@ -495,6 +495,17 @@ def resolve_dataset(spec: str, data_root: str | Path = "data", limit_per_class: 
     return dataset
 
 
+def sample_file(source: str, sample_id: str) -> Path | None:
+    """The image file a cached sample id names, given the cache's `dataset_source`: ids of image folders and tables
+    are paths relative to the folder or the table's folder; None for ids that are indices (torchvision's datasets,
+    digits) or a dataset no longer where it was."""
+    root = Path(source)
+    if root.suffix.lower() in CSV_SUFFIXES:
+        root = root.parent
+    file = root / sample_id
+    return file if root.is_absolute() and file.is_file() else None
+
+
 def _unknown_dataset(spec: str, key: str) -> NoReturn:
     names = sorted(TORCHVISION_DATASETS) + list(BUILTIN_DATASETS)
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)

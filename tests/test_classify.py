@@ -394,3 +394,53 @@ def test_heads_with_probabilities_report_their_test_log_loss(cache_copy, capsys)
     assert code == 0 and json.loads(out)["test_log_loss"] is None  # an SVM without --probability gives none
     code, out, _ = run(main, ["logreg", str(cache_copy), "--grid", "C=0.01", "--cv", "2", "--n-jobs", "1"], capsys)
     assert code == 0 and "probabilities: test log loss " in out
+
+
+def test_every_test_prediction_is_written_and_the_wrong_images_pictured(cache_copy, sample_dir, tmp_path):
+    import csv
+    from pathlib import Path
+
+    from classify.train import train_head
+
+    cache = shutil.copy(cache_copy, tmp_path / cache_copy.name)  # a model of its own, no other test writes over
+    trained = train_head(cache, "logreg", "C=0.01", cv=2, n_jobs=1, log=lambda m: None)
+    model, metadata = load_model(trained.model_file)
+    features, labels, ids = open_cache(cache).load("test")
+    predicted = model.predict(features)
+    with open(trained.predictions_csv, newline="") as file:
+        rows = list(csv.DictReader(file))
+    names = metadata["class_names"]
+    assert [r["id"] for r in rows] == list(ids) and [r["true"] for r in rows] == [names[i] for i in labels]
+    assert [r["predicted"] for r in rows] == [names[i] for i in predicted]
+    # logreg gives probabilities: each row's is the one of its predicted class
+    chosen = model.predict_proba(features)[np.arange(len(rows)), predicted]
+    assert [float(r["probability"]) for r in rows] == pytest.approx(chosen, abs=5e-5)
+    assert trained.n_wrong == sum(r["true"] != r["predicted"] for r in rows) > 0
+    assert all((sample_dir / r["id"]).is_file() for r in rows)  # the ids name the images
+    assert Path(trained.mistakes_png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mistakes_come_each_class_in_turn_the_most_confident_first():
+    from classify.mistakes import mistake_order
+
+    y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    y_pred = np.array([1, 2, 0, 0, 0, 2, 0, 1])
+    confidence = np.array([0.5, 0.9, 0.99, 0.6, 0.7, 0.8, 0.4, 0.45])
+    # wrong: 0 (class 0, 0.5), 1 (class 0, 0.9), 3 (1, 0.6), 4 (1, 0.7), 6 (2, 0.4), 7 (2, 0.45)
+    assert mistake_order(y_true, y_pred, confidence).tolist() == [1, 4, 7, 0, 3, 6]
+    assert mistake_order(y_true, y_pred, None).tolist() == [0, 3, 6, 1, 4, 7]
+    assert mistake_order(y_true, y_true, None).tolist() == []
+
+
+def test_sample_ids_name_files_of_folders_and_tables_only(sample_dir, tmp_path):
+    from classify.mistakes import plot_mistakes
+    from extract.datasets import sample_file
+
+    file = "test/cat/0000.jpg"
+    assert sample_file(str(sample_dir), file) == sample_dir / file
+    assert sample_file(str(sample_dir / "labels.csv"), file) == sample_dir / file  # relative to the table's folder
+    assert sample_file("cifar10", "test[3]") is None and sample_file("digits", "test[3]") is None
+    assert sample_file(str(tmp_path / "moved"), file) is None
+    y_true, y_pred = np.array([0, 1]), np.array([1, 0])
+    assert plot_mistakes("digits", np.array(["test[0]", "test[1]"]), y_true, y_pred, None, ["a", "b"],
+                         tmp_path / "m.png", "t") is None and not (tmp_path / "m.png").exists()
