@@ -23,7 +23,8 @@ EPILOG = """examples:
   torchrun --nproc-per-node 4 -m extract resnet50 DATASET     4 processes (GPUs), each a contiguous share, one file
 
 The features land in --cache-dir as one HDF5 file per (dataset, backbone, weights, layer, pooling, input
-size); running the same command again reuses it without touching the network. Then: python -m classify svm
+size); running the same command again reuses it without touching the network, and after images were added,
+moved or edited, only those go through the network again. Then: python -m classify svm
 """
 
 
@@ -72,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "first image has a megapixel or more; else cores - 1, up to 8; with a GPU every core, "
                              "up to 8)")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where feature files go (default: cache/)")
-    parser.add_argument("--force", action="store_true", help="recompute even if a matching cache file exists")
+    parser.add_argument("--force", action="store_true",
+                        help="compute every image, even where a matching cache file (or an earlier one of the same "
+                        "dataset) holds it")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out unreadable images (recorded in the file) instead of stopping")
     return parser

@@ -78,6 +78,9 @@ class Split:
     ids: list[str]
     labels: np.ndarray
     source: object = field(repr=False)
+    # (size, mtime_ns) of each image file, as the fingerprint hashes them: kept with the features, so that a later
+    # entry of a changed dataset can take the rows of the files it still holds unchanged. None: not files.
+    stamps: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -87,16 +90,21 @@ class Split:
 
     def rows(self, start: int, stop: int) -> Split:
         """Rows [start, stop) as a split of their own (one rank's share under torchrun)."""
-        return Split(self.name, self.ids[start:stop], self.labels[start:stop], _Offset(self.source, start))
+        return self.subset(np.arange(start, stop))
+
+    def subset(self, rows: np.ndarray) -> Split:
+        """The given rows, in that order, as a split of their own."""
+        return Split(self.name, [self.ids[i] for i in rows], self.labels[rows], _Rows(self.source, rows),
+                     None if self.stamps is None else self.stamps[rows])
 
 
 @dataclass
-class _Offset:
+class _Rows:
     source: object
-    start: int
+    rows: np.ndarray
 
     def image(self, index: int) -> Image.Image:
-        return self.source.image(self.start + index)
+        return self.source.image(int(self.rows[index]))
 
 
 @dataclass
@@ -236,7 +244,7 @@ def _files_dataset(name: str, root: Path, train: dict[str, list[str]], test: dic
     class_names = sorted(train)  # as torchvision's ImageFolder orders them
     splits, digest = {}, hashlib.sha256()
     for split_name, classes in (("train", train), ("test", test)):
-        files, labels = [], []
+        files, labels, stamps = [], [], []
         for label, class_name in enumerate(class_names):
             chosen = classes[class_name][:limit_per_class]
             files += chosen
@@ -244,7 +252,9 @@ def _files_dataset(name: str, root: Path, train: dict[str, list[str]], test: dic
         for file, label in zip(files, labels, strict=True):
             stat = (root / file).stat()
             digest.update(f"{file}\t{stat.st_size}\t{stat.st_mtime_ns}\t{label}\n".encode())
-        splits[split_name] = Split(split_name, files, np.asarray(labels, dtype=np.int64), _FolderSource(root, files))
+            stamps.append((stat.st_size, stat.st_mtime_ns))
+        splits[split_name] = Split(split_name, files, np.asarray(labels, dtype=np.int64), _FolderSource(root, files),
+                                   np.asarray(stamps, dtype=np.int64).reshape(-1, 2))
     return Dataset(name, class_names, splits, digest.hexdigest(), note="\n".join(filter(None, notes)))
 
 

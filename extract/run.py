@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from extract.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from extract.datasets import Dataset, copies_warning, resolve_dataset
+from extract.datasets import Dataset, Split, copies_warning, resolve_dataset
 from extract.distributed import World, shard, world
 from extract.errors import UsageError
 from extract.features import DEFAULT_LAYER, ExtractionSettings, Extractor
@@ -26,6 +27,7 @@ from extract.store import (
     SUFFIX,
     CacheLock,
     CacheWriter,
+    RowDonor,
     SplitRows,
     entry_name,
     identity_changes,
@@ -115,15 +117,45 @@ def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print
     if path.exists() and not request.force:
         log(f"reusing {path} (same dataset, weights, layer, pooling and transform; --force recomputes)")
         return ExtractResult(path, reused=True)
+    donors = []
     for sibling in _stale_siblings(path) if ranks.is_main else ():
         changed = identity_changes(sibling, attrs)
+        if changed == ["dataset_fingerprint"] and not request.force and not ranks.distributed:
+            donors.append(sibling)
+            continue
         reason = (f"its {' and '.join(changed)} {'differs' if len(changed) == 1 else 'differ'}" if changed
                   else "the dataset files, weights or library versions differ")
         log(f"not reusing {sibling.name}: {reason}; computing a new entry")
     if ranks.distributed:
         return _compute_sharded(dataset, extractor, attrs, path, request.skip_bad, ranks, log)
     with CacheLock(path):
-        return _compute(dataset, extractor, attrs, path, request.skip_bad, log)
+        donor = _row_donor(max(donors, key=lambda p: p.stat().st_mtime_ns), dataset, log) if donors else None
+        try:
+            return _compute(dataset, extractor, attrs, path, request.skip_bad, log, donor=donor)
+        finally:
+            if donor:
+                donor.close()
+
+
+def _row_donor(sibling: Path, dataset: Dataset, log: Callable[[str], None]) -> RowDonor | None:
+    """The newest entry of this request for an earlier state of the dataset, where it holds rows of files that
+    have not changed since."""
+    donor = RowDonor(sibling, _split_rows(dataset))
+    held = sum(int(donor.held(name).sum()) for name in dataset.splits)
+    if not held:
+        donor.close()
+        log(f"not reusing {sibling.name}: its dataset fingerprint differs and it holds no image file unchanged "
+            "(files of earlier versions are not recorded); computing a new entry")
+        return None
+    total = sum(len(split) for split in dataset.splits.values())
+    log(f"{sibling.name} was made from an earlier state of this dataset: taking the features of the {held} of "
+        f"{total} image files it holds unchanged (same path, size and modification time), computing "
+        f"{total - held}")
+    return donor
+
+
+def _split_rows(dataset: Dataset) -> dict[str, SplitRows]:
+    return {name: SplitRows(split.ids, split.labels, split.stamps) for name, split in dataset.splits.items()}
 
 
 def _compute_sharded(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, skip_bad: bool,
@@ -150,7 +182,7 @@ def _compute_sharded(dataset: Dataset, extractor: Extractor, attrs: dict, path: 
     if ranks.is_main:
         with CacheLock(path):
             seconds = time.perf_counter() - started
-            merge_parts(path, attrs, {n: SplitRows(s.ids, s.labels) for n, s in dataset.splits.items()},
+            merge_parts(path, attrs, _split_rows(dataset),
                         extractor.feature_dim(), parts, extract_seconds=seconds,
                         images_per_second=images / max(seconds, 1e-9), ranks=ranks.size,
                         compiled=extractor.compiled)
@@ -177,11 +209,12 @@ def interrupt_between_batches() -> Iterator[list[int]]:
 
 
 def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, skip_bad: bool,
-             log: Callable[[str], None], progress: bool = True) -> ExtractResult:
-    splits = {name: SplitRows(split.ids, split.labels) for name, split in dataset.splits.items()}
-    writer = CacheWriter(path, attrs, splits, extractor.feature_dim())
+             log: Callable[[str], None], progress: bool = True, donor: RowDonor | None = None) -> ExtractResult:
+    writer = CacheWriter(path, attrs, _split_rows(dataset), extractor.feature_dim())
     try:
         todo = {name: len(split) - writer.rows_written(name) for name, split in dataset.splits.items()}
+        if donor:
+            todo = {name: int((~donor.held(name)[writer.rows_written(name):]).sum()) for name in todo}
         if writer.resumed:
             log(f"resuming {writer.partial_path.name}: {sum(todo.values())} images left")
         device = extractor.device.type
@@ -198,7 +231,8 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
                   disable=not progress) as bar, interrupt_between_batches() as interrupted:
             for name, split in dataset.splits.items():
                 bar.set_description(name)
-                for row, features, errors in extractor.split(split, writer.rows_written(name)):
+                for row, features, errors, computed in _rows_in_order(extractor, split, writer.rows_written(name),
+                                                                      donor):
                     if errors and not skip_bad:
                         listed = "; ".join(reason for _, reason in errors[:5])
                         raise UsageError(f"cannot read {len(errors)} image(s): {listed}; fix or remove them, or "
@@ -208,18 +242,41 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
                         unreadable += len(errors)
                         with tqdm.external_write_mode(file=sys.stderr):  # its own line, above the bar
                             log(f"skipped unreadable: {'; '.join(reason for _, reason in errors)}")
-                    bar.update(len(features))
-                    done += len(features)
+                    bar.update(computed)
+                    done += computed
                     if interrupted:
                         raise KeyboardInterrupt
         seconds = time.perf_counter() - started
+        reused = {"rows_reused_from": donor.path.name} if donor else {}
         final = writer.finish(extract_seconds=seconds, images_per_second=done / max(seconds, 1e-9),
-                              compiled=extractor.compiled, test_copies_of_train=len(dataset.test_copies))
+                              compiled=extractor.compiled, test_copies_of_train=len(dataset.test_copies), **reused)
     finally:
         writer.close()
     left_out = f"; {unreadable} unreadable, left out" if unreadable else ""
     log(f"wrote {final} ({done} images in {seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s{left_out})")
     return ExtractResult(final, reused=False, images=done, seconds=seconds)
+
+
+def _rows_in_order(extractor: Extractor, split: Split, start: int, donor: RowDonor | None
+                   ) -> Iterator[tuple[int, np.ndarray, list[tuple[str, str]], int]]:
+    """(first row, features, unreadable images, how many of the rows the network computed) from row `start` to the
+    end, in row order: the donor's rows where it holds the image unchanged, the network's for the others."""
+    if donor is None:
+        for row, features, errors in extractor.split(split, start):
+            yield row, features, errors, len(features)
+        return
+    missing = start + np.flatnonzero(~donor.held(split.name)[start:])
+    row = start
+    for first, features, errors in extractor.split(split.subset(missing)) if len(missing) else ():
+        positions = missing[first:first + len(features)]
+        runs = np.split(np.arange(len(positions)), np.flatnonzero(np.diff(positions) != 1) + 1)
+        for n, run in enumerate(runs):  # each run of consecutive rows after the held rows before it
+            for held_row, held in donor.rows(split.name, row, int(positions[run[0]])):
+                yield held_row, held, [], 0
+            yield int(positions[run[0]]), features[run], errors if n == 0 else [], len(run)
+            row = int(positions[run[-1]]) + 1
+    for held_row, held in donor.rows(split.name, row, len(split)):
+        yield held_row, held, [], 0
 
 
 def verify_cache(path: str, data_root: str = "data") -> list[tuple[str, bool, str]]:

@@ -264,3 +264,34 @@ def test_decompression_bombs_are_refused_not_decoded(tmp_path, sample_dir, capsy
     code, _, err = run(main, ["efficientnet_lite0", str(data), "--cache-dir", str(tmp_path / "cache"), *QUICK],
                        capsys)
     assert code == 2 and "cannot read 1 image(s): train/cat/0001.jpg" in err and "decompression bomb" in err
+
+
+def test_an_earlier_entry_gives_the_rows_of_unchanged_files_whatever_their_order(tmp_path):
+    """A table listed in another order, files moved between the splits, a changed file, a skipped one."""
+    from extract.store import RowDonor, SplitRows
+
+    ids = [f"f{n}" for n in range(12)]
+    stamps = np.asarray([(100 + n, 7) for n in range(12)])
+    earlier = {"train": SplitRows(ids[:8], np.zeros(8, dtype=np.int64), stamps[:8]),
+               "test": SplitRows(ids[8:], np.zeros(4, dtype=np.int64), stamps[8:])}
+    writer = CacheWriter(tmp_path / "old.h5", {k: "x" for k in IDENTITY_ATTRS}, earlier, 3)
+    features = np.arange(36, dtype=np.float32).reshape(12, 3)  # row n holds 3n, 3n + 1, 3n + 2
+    writer.write("train", 0, features[:8], skipped=["f5"])
+    writer.write("test", 0, features[8:])
+    old = writer.finish()
+
+    order = [11, 0, 9, 3, 7, 5, 2]  # f5 was unreadable: not taken
+    now = {"train": SplitRows([ids[n] for n in order], np.zeros(7, dtype=np.int64), stamps[order]),
+           "test": SplitRows(["f1", "f4", "new"], np.zeros(3, dtype=np.int64),
+                             np.asarray([(101, 7), (104, 8), (1, 1)]))}
+    donor = RowDonor(old, now)
+    try:
+        assert donor.held("train").tolist() == [True] * 5 + [False, True]
+        assert donor.held("test").tolist() == [True, False, False]  # f4 changed (mtime), "new" is new
+        ((first, rows),) = donor.rows("train", 0, 5)
+        assert first == 0 and rows.tolist() == features[[11, 0, 9, 3, 7]].tolist()
+        donor.COPY_ROWS = 2  # a chunk at a time
+        assert [(first, rows.tolist()) for first, rows in donor.rows("train", 1, 4)] == \
+            [(1, features[[0, 9]].tolist()), (3, features[[3]].tolist())]
+    finally:
+        donor.close()

@@ -109,17 +109,40 @@ def test_rerun_reuses_the_cache_and_force_recomputes(lite_cache, sample_dir, cap
     assert code == 0 and "extracting" in err
 
 
-def test_changed_dataset_gets_its_own_entry(tmp_path, sample_dir, capsys):
+def test_a_changed_dataset_computes_only_the_images_that_changed(tmp_path, sample_dir, capsys):
     data = tmp_path / "data"
-
     shutil.copytree(sample_dir, data)
-    args = ["efficientnet_lite0", str(data), "--cache-dir", str(tmp_path / "cache"), *QUICK, "--limit-per-class", "1"]
-    assert run(main, args, capsys)[0] == 0
-    first = sorted((tmp_path / "cache").glob("*.h5"))
-    os.utime(data / "train" / "cat" / "0000.jpg", ns=(1, 1))  # the file changed on disk
-    code, _, err = run(main, args, capsys)
-    assert code == 0 and "not reusing" in err and "its dataset_fingerprint differs;" in err
-    assert len(sorted((tmp_path / "cache").glob("*.h5"))) == len(first) + 1
+    args = ["efficientnet_lite0", str(data), *QUICK, "--limit-per-class", "3"]
+    code, out, _ = run(main, [*args, "--cache-dir", str(tmp_path / "cache")], capsys)
+    first = open_cache(out.strip())
+    os.utime(data / "train" / "cat" / "0000.jpg", ns=(1, 1))  # touched: the same pixels, but it may have changed
+    edited = data / "train" / "dog" / "0001.jpg"
+    load_image(edited, "dog").transpose(0).save(edited)  # mirrored
+    (data / "test" / "bird" / "0000.jpg").rename(data / "test" / "frog" / "0000b.jpg")  # relabelled, so bird 0003
+    # comes in and frog 0002 drops out at 3 per class
+    code, out, err = run(main, [*args, "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert code == 0 and f"{first.path.name} was made from an earlier state of this dataset: taking the features " \
+        "of the 56 of 60 image files it holds unchanged" in err and "(4 images in" in err
+    second = open_cache(out.strip())
+    assert second.path != first.path and second.attrs["rows_reused_from"] == first.path.name
+    code, out, _ = run(main, [*args, "--cache-dir", str(tmp_path / "fresh")], capsys)
+    fresh = open_cache(out.strip())
+    for split in ("train", "test"):
+        features, labels, ids = second.load(split)
+        expected, expected_labels, expected_ids = fresh.load(split)
+        assert list(ids) == list(expected_ids) and list(labels) == list(expected_labels)
+        np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
+    old, new = first.load("train"), second.load("train")
+    row = list(new[2]).index("train/dog/0001.jpg")
+    assert row_cosine(old[0][row:row + 1], new[0][row:row + 1])[0] < 0.999  # computed again, not taken
+
+    with h5py.File(first.path, "a") as file:  # as entries of earlier versions were written: no file stamps
+        for split in ("train", "test"):
+            del file[split]["stamps"]
+    second.path.unlink()
+    code, _, err = run(main, [*args, "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert code == 0 and f"not reusing {first.path.name}: its dataset fingerprint differs and it holds no image " \
+        "file unchanged" in err and "(60 images in" in err
 
 
 def test_torchvision_backbone_with_random_and_local_weights(tmp_path, sample_dir, capsys):
