@@ -140,7 +140,11 @@ def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print
 def _row_donor(sibling: Path, dataset: Dataset, log: Callable[[str], None]) -> RowDonor | None:
     """The newest entry of this request for an earlier state of the dataset, where it holds rows of files that
     have not changed since."""
-    donor = RowDonor(sibling, _split_rows(dataset))
+    try:
+        donor = RowDonor(sibling, _split_rows(dataset))
+    except (OSError, KeyError) as error:  # damaged since it was written, or removed meanwhile
+        log(f"not reusing {sibling.name}: it cannot be read ({error}); computing a new entry")
+        return None
     held = sum(int(donor.held(name).sum()) for name in dataset.splits)
     if not held:
         donor.close()

@@ -205,6 +205,16 @@ class RowDonor:
     def __init__(self, path: Path, splits: dict[str, SplitRows]):
         self.path = path
         self.file = h5py.File(path, "r")
+        try:
+            held = self._held_files()
+        except (OSError, KeyError):
+            self.file.close()
+            raise
+        self.sources = {name: [held.get((i, *stamp)) for i, stamp in zip(rows.ids, rows.stamps.tolist(), strict=True)]
+                        if rows.stamps is not None else [None] * len(rows.ids) for name, rows in splits.items()}
+
+    def _held_files(self) -> dict[tuple[str, int, int], tuple[str, int]]:
+        """(id, size, mtime) -> (split, row) of every image file the entry read."""
         held = {}
         for name in self.file:
             group = self.file[name]
@@ -213,8 +223,7 @@ class RowDonor:
                 stamps = group["stamps"][...].tolist()
                 for row in np.flatnonzero(kept).tolist():
                     held[(ids[row], *stamps[row])] = (name, row)
-        self.sources = {name: [held.get((i, *stamp)) for i, stamp in zip(rows.ids, rows.stamps.tolist(), strict=True)]
-                        if rows.stamps is not None else [None] * len(rows.ids) for name, rows in splits.items()}
+        return held
 
     def held(self, split: str) -> np.ndarray:
         """Which rows of `split` this entry holds."""

@@ -144,6 +144,13 @@ def test_a_changed_dataset_computes_only_the_images_that_changed(tmp_path, sampl
     assert code == 0 and f"not reusing {first.path.name}: its dataset fingerprint differs and it holds no image " \
         "file unchanged" in err and "(60 images in" in err
 
+    with h5py.File(first.path, "a") as file:  # damaged after it was written
+        file["train"].create_dataset("stamps", data=np.zeros((30, 2), dtype=np.int64))
+        del file["train"].attrs["skipped"]
+    second.path.unlink()
+    code, _, err = run(main, [*args, "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert code == 0 and f"not reusing {first.path.name}: it cannot be read (" in err and "(60 images in" in err
+
 
 def test_torchvision_backbone_with_random_and_local_weights(tmp_path, sample_dir, capsys):
     import torch
