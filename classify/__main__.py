@@ -1,5 +1,5 @@
 """python -m classify HEAD [CACHE_FILE]: train a scikit-learn head on cached features; predict new images; map
-the features."""
+the features; find train images that look mislabelled."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ EPILOG = """examples:
   python -m classify svm --probability            the model also gives calibrated probabilities
   python -m classify predict cache/FILE.svm.joblib photo1.jpg photo2.png
   python -m classify map                          t-SNE picture of the newest cache's features, by class
+  python -m classify suspects                     train images whose label the features disagree with
   python -m classify svm --backend dask --scheduler tcp://HOST:8786   the sweep's fits on a Dask cluster
 
 default grids, as --grid takes them: """ + ", ".join(f'{h} "{format_grid(g)}"' for h, g in DEFAULT_GRIDS.items()) + f"""
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m classify", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True,
-                                     metavar="{" + ",".join(HEADS) + ",predict,map}")
+                                     metavar="{" + ",".join(HEADS) + ",predict,map,suspects}")
     for head in HEADS:
         sub = commands.add_parser(head, help=f"train a {head} head by GridSearchCV and test it")
         sub.add_argument("cache_file", nargs="?",
@@ -99,7 +100,38 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"train images to draw, picked at random (default {DEFAULT_SAMPLES}: about 10 s)")
     feature_map.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                              help="where extract wrote the feature files (default: cache/)")
+    suspects = commands.add_parser(
+        "suspects", help="rank train images by how much the features disagree with their labels",
+        description="Predicts every train image by a logistic regression trained on the other cross-validation "
+                    "folds; an image predicted as another class than its label is a suspect. Suspects are ranked "
+                    "by the probability their label got, least first: the likeliest labelling mistakes. Writes "
+                    "FILE.suspects.csv (every suspect) and, for image folders and tables, FILE.suspects.png (the "
+                    "first 30).")
+    suspects.add_argument("cache_file", nargs="?", help="HDF5 cache entry, or a folder of them for the newest there "
+                                                        "(default: the newest in --cache-dir)")
+    suspects.add_argument("--layer", default=None, help="which cached layer to use (default: penultimate)")
+    suspects.add_argument("--cv", type=int, default=3, help="cross-validation folds on the train split (default 3)")
+    suspects.add_argument("--n-jobs", type=int, default=-1, help="parallel fits (default -1: all cores)")
+    suspects.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                          help="where extract wrote the feature files (default: cache/)")
     return parser
+
+
+SHOWN_SUSPECTS = 10
+
+
+def print_suspects(found) -> None:
+    share = len(found.rows) / max(len(found.labels), 1)
+    print(f"\n{len(found.rows)} of {len(found.labels)} train images ({share:.1%}) are predicted as another class "
+          f"than their label by a logreg head that did not see them ({found.best_params}, {found.seconds:.1f} s); "
+          f"the {min(SHOWN_SUSPECTS, len(found.rows))} it disagrees with most:")
+    for row in found.rows[:SHOWN_SUSPECTS]:
+        label, predicted = found.labels[row], found.predicted[row]
+        print(f"  {found.ids[row]}\tlabelled {found.class_names[label]} ({found.probabilities[row, label]:.3f}), "
+              f"looks like {found.class_names[predicted]} ({found.probabilities[row, predicted]:.3f})")
+    print(f"\nevery suspect, most suspect first: {found.csv_path}")
+    if found.png_path:
+        print(f"the first ones pictured: {found.png_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     if cache_file is None or Path(cache_file).is_dir():
         cache_file = latest_cache(cache_file or args.cache_dir)
         print(f"using the most recent cache: {cache_file}", file=sys.stderr)
+    if args.command == "suspects":
+        from classify.suspects import find_suspects
+
+        print_suspects(find_suspects(cache_file, args.layer, args.cv, args.n_jobs,
+                                     log=lambda message: print(message, file=sys.stderr)))
+        return 0
     if args.command == "map":
         from classify.feature_map import feature_map
 

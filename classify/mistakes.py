@@ -1,5 +1,6 @@
 """The test split image by image: every prediction in a table, and the wrong ones in a picture, so that what the head
-gets wrong (a look-alike class, a mislabelled or ambiguous image) can be seen, not only how often."""
+gets wrong (a look-alike class, a mislabelled or ambiguous image) can be seen, not only how often. The picture is
+drawn here for the train images `suspects` ranks too."""
 
 from __future__ import annotations
 
@@ -46,37 +47,50 @@ def mistake_order(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray
     return wrong[np.lexsort((y_true[wrong], rank_in_class))]
 
 
+def image_files(source: str, ids: np.ndarray, rows: np.ndarray) -> list[tuple[int, Path]]:
+    """Up to GALLERY_SIZE of `rows`, in order, with the image file each one's id names; none where the ids are not
+    files (torchvision's datasets, digits) or the dataset has moved."""
+    files = ((row, sample_file(source, str(ids[row]))) for row in rows)
+    return list(itertools.islice(((row, file) for row, file in files if file is not None), GALLERY_SIZE))
+
+
 def plot_mistakes(source: str, ids: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
                   confidence: np.ndarray | None, class_names: list[str], path: Path, title: str) -> Path | None:
     """Up to GALLERY_SIZE wrong test images in `mistake_order`, each with its true and predicted class (and that
-    class's probability), as a PNG; None where the ids are not files (torchvision's datasets, digits), the dataset
-    has moved, or there is no mistake."""
-    files = ((i, sample_file(source, str(ids[i]))) for i in mistake_order(y_true, y_pred, confidence))
-    shown = list(itertools.islice(((i, file) for i, file in files if file is not None), GALLERY_SIZE))
+    class's probability), as a PNG; None where there are no image files to show or no mistake."""
+    shown = image_files(source, ids, mistake_order(y_true, y_pred, confidence))
     if not shown:
         return None
+    captions = [f"{class_names[y_true[i]]}\n-> {class_names[y_pred[i]]}"
+                f"{'' if confidence is None else f' {confidence[i]:.2f}'}\n{file.name}" for i, file in shown]
+    order = ("its most confident mistakes first (the number: the probability of the predicted class)"
+             if confidence is not None else "in test order (this head gives no probabilities)")
+    return plot_images([file for _, file in shown], captions, path,
+                       f"{title}\n{len(shown)} of the {int(np.sum(y_true != y_pred))} wrong of {len(y_true)}: each "
+                       f"true class in turn, {order}")
+
+
+def plot_images(files: list[Path], captions: list[str], path: Path, title: str) -> Path:
+    """The images in a grid, GALLERY_COLUMNS wide, each under its caption; one that cannot be read any more gets an
+    empty tile that says so."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = -(-len(shown) // GALLERY_COLUMNS)
+    rows = -(-len(files) // GALLERY_COLUMNS)
     fig, axes = plt.subplots(rows, GALLERY_COLUMNS, figsize=(2 * GALLERY_COLUMNS, 2.3 * rows + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (i, file) in zip(axes.flat, shown, strict=False):  # the last row may have empty tiles
+    for ax, file, caption in zip(axes.flat, files, captions, strict=False):  # the last row may have empty tiles
         try:
             image = load_image(file, str(file))
             image.thumbnail((256, 256))
             ax.imshow(image)
         except BadImageError:
             ax.text(0.5, 0.5, "cannot be read", ha="center", va="center", transform=ax.transAxes)
-        sure = "" if confidence is None else f" {confidence[i]:.2f}"
-        ax.set_title(f"{class_names[y_true[i]]}\n-> {class_names[y_pred[i]]}{sure}\n{file.name}", fontsize=8)
-    order = ("its most confident mistakes first (the number: the probability of the predicted class)"
-             if confidence is not None else "in test order (this head gives no probabilities)")
-    fig.suptitle(f"{title}\n{len(shown)} of the {int(np.sum(y_true != y_pred))} wrong of {len(y_true)}: each true "
-                 f"class in turn, {order}", fontsize=10)
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 1.1 / fig.get_figheight(), wspace=0.05,
                         hspace=0.45)
     fig.savefig(path, dpi=100)

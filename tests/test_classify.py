@@ -444,3 +444,52 @@ def test_sample_ids_name_files_of_folders_and_tables_only(sample_dir, tmp_path):
     y_true, y_pred = np.array([0, 1]), np.array([1, 0])
     assert plot_mistakes("digits", np.array(["test[0]", "test[1]"]), y_true, y_pred, None, ["a", "b"],
                          tmp_path / "m.png", "t") is None and not (tmp_path / "m.png").exists()
+
+
+def _synthetic_cache(path, features: np.ndarray, labels: np.ndarray, class_names: list[str]):
+    """A complete cache entry of given features, as extract writes one (no images behind it)."""
+    from extract.store import IDENTITY_ATTRS, CacheWriter, SplitRows
+
+    attrs = {**{k: "x" for k in IDENTITY_ATTRS}, "backbone": "synthetic", "class_names": class_names,
+             "layer": "penultimate", "layout": [["penultimate", 0, features.shape[1]]]}
+    ids = [f"{n}.jpg" for n in range(len(labels))]
+    splits = {name: SplitRows(ids, labels) for name in ("train", "test")}
+    writer = CacheWriter(path, attrs, splits, features.shape[1])
+    for name in splits:
+        writer.write(name, 0, features.astype(np.float32))
+    return writer.finish()
+
+
+def test_suspects_are_the_train_images_whose_label_the_features_contradict(tmp_path):
+    from classify.suspects import find_suspects
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    features = rng.normal(size=(120, 8)) + 6 * np.eye(3, 8)[labels]  # three well separated clusters
+    flipped = np.array([3, 50, 95, 100])
+    noisy = labels.copy()
+    noisy[flipped] = (labels[flipped] + 1) % 3
+    cache = _synthetic_cache(tmp_path / "blobs.h5", features, noisy, ["a", "b", "c"])
+    found = find_suspects(cache, cv=3, n_jobs=1, log=lambda m: None)
+    assert sorted(found.rows.tolist()) == flipped.tolist()  # these, and no image of a clean label
+    assert (found.predicted[flipped] == labels[flipped]).all()
+    own = found.probabilities[found.rows, noisy[found.rows]]
+    assert (np.diff(own) >= 0).all()  # the label with the least probability first
+    with open(found.csv_path) as file:
+        assert len(file.read().splitlines()) == 1 + len(flipped)
+    assert found.png_path is None  # no image files behind this cache
+
+
+def test_suspects_command_lists_pictures_and_writes_them(cache_copy, capsys):
+    code, out, err = run(main, ["suspects", str(cache_copy), "--cv", "2", "--n-jobs", "1"], capsys)
+    assert code == 0 and "out-of-fold logreg probabilities of 60 train images, 2 folds" in err
+    count = int(out.split("\n")[1].split()[0])
+    listed = [line for line in out.splitlines() if line.startswith("  train/")]
+    assert count > 0 and len(listed) == min(10, count)
+    csv_path = cache_copy.with_suffix(".suspects.csv")
+    assert len(csv_path.read_text().splitlines()) == 1 + count
+    assert cache_copy.with_suffix(".suspects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = run(main, ["suspects", str(cache_copy), "--cv", "1"], capsys)
+    assert code == 2 and err.strip() == "error: --cv must be 2 or more, not 1"
+    code, _, err = run(main, ["suspects", str(cache_copy), "--layer", "stage9"], capsys)
+    assert code == 2 and err.startswith("error: ") and "stage9" in err and len(err.strip().splitlines()) == 1
