@@ -1,5 +1,6 @@
 """The README's "From Python" block, run as it stands, so that what it shows stays true."""
 
+import ast
 import re
 import shutil
 
@@ -21,7 +22,12 @@ def test_the_readme_python_block_runs_and_gives_what_it_says(tmp_path, monkeypat
     lines = capsys.readouterr().out.splitlines()
     (score,) = [line for line in lines if line.startswith("test accuracy")]  # the library logs its steps too
     assert re.fullmatch(r"test accuracy 0\.\d{3}, classes \['airplane', 'automobile', .*'truck'\]", score)
-    assert float(lines[-1]) > 0.3  # real ImageNet features: far above chance (0.1) on 100 test images
+    start_of_suspects = next(i for i, line in enumerate(lines) if line.startswith("suspects: "))
+    assert float(lines[start_of_suspects - 1]) > 0.3  # real ImageNet features: far above chance (0.1) on 100 images
+    suspects = namespace["suspects"]
+    shown = ast.literal_eval(lines[-1])  # the list printed
+    assert len(shown) == 5 and all((tmp_path / "examples" / "cifar10-mini" / i).is_file() for i in shown)
+    assert all(suspects.predicted[row] != suspects.labels[row] for row in suspects.rows[:5])
     assert namespace["x_train"].shape == (300, 1280) and namespace["x_test"].shape == (100, 1280)
     assert namespace["vectors"].shape == (4, 1280) and np.isfinite(namespace["vectors"]).all()
     # the vectors are the cached features of the same files
