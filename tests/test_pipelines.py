@@ -84,6 +84,12 @@ def test_the_test_log_loss_is_of_the_best_checkpoints_softmax(sample_dir, tiny_d
     assert result.test_log_loss == pytest.approx(log_loss(test.labels, probabilities, labels=range(10)), rel=1e-3)
     assert result.test_predictions == probabilities.argmax(1).tolist()
     assert 0 <= result.test_calibration_error <= 1
+    # every test image's prediction as classify writes them, and the wrong ones pictured
+    rows = [line.split(",") for line in (tmp_path / "predictions.csv").read_text().splitlines()[1:]]
+    names = tiny_dataset.class_names
+    assert [r[0] for r in rows] == test.ids and [r[2] for r in rows] == [names[i] for i in result.test_predictions]
+    assert [float(r[3]) for r in rows] == pytest.approx(probabilities.max(1), abs=1e-3)
+    assert (tmp_path / "mistakes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
