@@ -258,6 +258,9 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
         writer.close()
     left_out = f"; {unreadable} unreadable, left out" if unreadable else ""
     log(f"wrote {final} ({done} images in {seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s{left_out})")
+    if donor:
+        log(f"the earlier entry {donor.path} ({donor.path.stat().st_size / 1e6:.1f} MB) is kept: remove it once "
+            "nothing reads it (models trained on it keep working without it)")
     return ExtractResult(final, reused=False, images=done, seconds=seconds)
 
 

@@ -123,6 +123,7 @@ def test_a_changed_dataset_computes_only_the_images_that_changed(tmp_path, sampl
     code, out, err = run(main, [*args, "--cache-dir", str(tmp_path / "cache")], capsys)
     assert code == 0 and f"{first.path.name} was made from an earlier state of this dataset: taking the features " \
         "of the 56 of 60 image files it holds unchanged" in err and "(4 images in" in err
+    assert f"the earlier entry {first.path} (" in err and "is kept: remove it once nothing reads it" in err
     second = open_cache(out.strip())
     assert second.path != first.path and second.attrs["rows_reused_from"] == first.path.name
     code, out, _ = run(main, [*args, "--cache-dir", str(tmp_path / "fresh")], capsys)
