@@ -257,6 +257,8 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
     finally:
         writer.close()
     left_out = f"; {unreadable} unreadable, left out" if unreadable else ""
+    if donor:
+        left_out += f"; {sum(len(split) for split in dataset.splits.values()) - done} taken from the earlier entry"
     log(f"wrote {final} ({done} images in {seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s{left_out})")
     if donor:
         log(f"the earlier entry {donor.path} ({donor.path.stat().st_size / 1e6:.1f} MB) is kept: remove it once "

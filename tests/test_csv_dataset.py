@@ -94,3 +94,25 @@ def test_extract_and_classify_from_a_table_as_from_the_folder(own_sample, lite_c
     code, _, err = run(extract, ["efficientnet_lite0", str(tmp_path / "nope.csv")], capsys)
     assert code == 2 and err.strip() == f"error: table {tmp_path / 'nope.csv'} does not exist; give a CSV of image " \
                                        "paths and labels, or a folder"
+
+
+def test_a_label_changed_in_the_table_sends_no_image_through_the_network(own_sample, tmp_path, capsys):
+    from extract.__main__ import main
+
+    rows = sample_rows(own_sample)
+    table = write_table(own_sample / "labels.csv", [["image", "label", "split"], *rows])
+    args = ["efficientnet_lite0", str(table), "--cache-dir", str(tmp_path / "cache"), *QUICK,
+            "--limit-per-class", "1000"]  # every image: a limit would let the relabelled one push another out
+    code, out, _ = run(main, args, capsys)
+    first = open_cache(out.strip())
+    assert rows[0][:2] == ["train/airplane/0000.jpg", "airplane"]
+    rows[0][1] = "dog"
+    write_table(table, [["image", "label", "split"], *rows])
+    code, out, err = run(main, args, capsys)
+    assert code == 0 and "(0 images in" in err and "; 400 taken from the earlier entry)" in err
+    fixed = open_cache(out.strip())
+    features, labels, ids = fixed.load("train")
+    row = list(ids).index("train/airplane/0000.jpg")
+    assert fixed.class_names[labels[row]] == "dog"
+    before = dict(zip(first.load("train")[2], first.load("train")[0], strict=True))
+    np.testing.assert_array_equal(features, [before[i] for i in ids])
