@@ -1,5 +1,5 @@
 """python -m classify HEAD [CACHE_FILE]: train a scikit-learn head on cached features; predict new images; map
-the features; find train images that look mislabelled."""
+the features; find train images that look mislabelled and test images that copy train images."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from classify.cluster import BACKENDS
+from classify.duplicates import DEFAULT_THRESHOLD
 from classify.evaluate import format_confusion
 from classify.feature_map import DEFAULT_SAMPLES
 from classify.heads import CALIBRATED_HEADS, DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS, format_grid
@@ -27,6 +28,7 @@ EPILOG = """examples:
   python -m classify predict cache/FILE.svm.joblib photo1.jpg photo2.png
   python -m classify map                          t-SNE picture of the newest cache's features, by class
   python -m classify suspects                     train images whose label the features disagree with
+  python -m classify duplicates                   test images that are near-copies of train images
   python -m classify svm --backend dask --scheduler tcp://HOST:8786   the sweep's fits on a Dask cluster
 
 default grids, as --grid takes them: """ + ", ".join(f'{h} "{format_grid(g)}"' for h, g in DEFAULT_GRIDS.items()) + f"""
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m classify", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True,
-                                     metavar="{" + ",".join(HEADS) + ",predict,map,suspects}")
+                                     metavar="{" + ",".join(HEADS) + ",predict,map,suspects,duplicates}")
     for head in HEADS:
         sub = commands.add_parser(head, help=f"train a {head} head by GridSearchCV and test it")
         sub.add_argument("cache_file", nargs="?",
@@ -114,10 +116,37 @@ def build_parser() -> argparse.ArgumentParser:
     suspects.add_argument("--n-jobs", type=int, default=-1, help="parallel fits (default -1: all cores)")
     suspects.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                           help="where extract wrote the feature files (default: cache/)")
+    duplicates = commands.add_parser(
+        "duplicates", help="find test images that are near-copies of train images",
+        description="For each test image, the train image whose features are most similar (cosine); a test image "
+                    "at or above --threshold is listed as a near-copy: the head has as good as seen it, and the test "
+                    "accuracy counts it as unseen. Writes FILE.duplicates.csv and, for image folders and tables, "
+                    "FILE.duplicates.png (the most similar pairs side by side).")
+    duplicates.add_argument("cache_file", nargs="?", help="HDF5 cache entry, or a folder of them for the newest "
+                                                          "there (default: the newest in --cache-dir)")
+    duplicates.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                            help=f"cosine similarity from which a pair counts (default {DEFAULT_THRESHOLD})")
+    duplicates.add_argument("--layer", default=None, help="which cached layer to compare (default: penultimate)")
+    duplicates.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                            help="where extract wrote the feature files (default: cache/)")
     return parser
 
 
 SHOWN_SUSPECTS = 10
+
+
+def print_duplicates(found) -> None:
+    share = len(found.test_rows) / max(len(found.test_ids), 1)
+    print(f"\n{len(found.test_rows)} of {len(found.test_ids)} test images ({share:.1%}) have a train image at cosine "
+          f"similarity {found.threshold:g} or more ({found.seconds:.1f} s)" + (":" if len(found.test_rows) else "."))
+    for row, train_row in zip(found.test_rows[:SHOWN_SUSPECTS], found.train_rows, strict=False):
+        print(f"  {found.test_ids[row]}\t{found.train_ids[train_row]}\t{found.similarity[row]:.3f}")
+    if len(found.test_rows):
+        print("the test accuracy counts them as unseen: move them out of the test split and extract again (only "
+              "the moved files go through the network)")
+    print(f"\nevery pair, most similar first: {found.csv_path}")
+    if found.png_path:
+        print(f"the first pairs pictured: {found.png_path}")
 
 
 def print_suspects(found) -> None:
@@ -149,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if cache_file is None or Path(cache_file).is_dir():
         cache_file = latest_cache(cache_file or args.cache_dir)
         print(f"using the most recent cache: {cache_file}", file=sys.stderr)
+    if args.command == "duplicates":
+        from classify.duplicates import find_duplicates
+
+        print_duplicates(find_duplicates(cache_file, args.threshold, args.layer,
+                                         log=lambda message: print(message, file=sys.stderr)))
+        return 0
     if args.command == "suspects":
         from classify.suspects import find_suspects
 

@@ -446,16 +446,17 @@ def test_sample_ids_name_files_of_folders_and_tables_only(sample_dir, tmp_path):
                          tmp_path / "m.png", "t") is None and not (tmp_path / "m.png").exists()
 
 
-def _synthetic_cache(path, features: np.ndarray, labels: np.ndarray, class_names: list[str]):
-    """A complete cache entry of given features, as extract writes one (no images behind it)."""
+def _synthetic_cache(path, splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str]):
+    """A complete cache entry of given (features, labels) per split, as extract writes one (no images behind it)."""
     from extract.store import IDENTITY_ATTRS, CacheWriter, SplitRows
 
+    width = next(iter(splits.values()))[0].shape[1]
     attrs = {**{k: "x" for k in IDENTITY_ATTRS}, "backbone": "synthetic", "class_names": class_names,
-             "layer": "penultimate", "layout": [["penultimate", 0, features.shape[1]]]}
-    ids = [f"{n}.jpg" for n in range(len(labels))]
-    splits = {name: SplitRows(ids, labels) for name in ("train", "test")}
-    writer = CacheWriter(path, attrs, splits, features.shape[1])
-    for name in splits:
+             "layer": "penultimate", "layout": [["penultimate", 0, width]]}
+    rows = {name: SplitRows([f"{name}{n}" for n in range(len(labels))], labels)
+            for name, (_, labels) in splits.items()}
+    writer = CacheWriter(path, attrs, rows, width)
+    for name, (features, _) in splits.items():
         writer.write(name, 0, features.astype(np.float32))
     return writer.finish()
 
@@ -469,7 +470,8 @@ def test_suspects_are_the_train_images_whose_label_the_features_contradict(tmp_p
     flipped = np.array([3, 50, 95, 100])
     noisy = labels.copy()
     noisy[flipped] = (labels[flipped] + 1) % 3
-    cache = _synthetic_cache(tmp_path / "blobs.h5", features, noisy, ["a", "b", "c"])
+    cache = _synthetic_cache(tmp_path / "blobs.h5", {"train": (features, noisy), "test": (features, labels)},
+                             ["a", "b", "c"])
     found = find_suspects(cache, cv=3, n_jobs=1, log=lambda m: None)
     assert sorted(found.rows.tolist()) == flipped.tolist()  # these, and no image of a clean label
     assert (found.predicted[flipped] == labels[flipped]).all()
@@ -493,3 +495,41 @@ def test_suspects_command_lists_pictures_and_writes_them(cache_copy, capsys):
     assert code == 2 and err.strip() == "error: --cv must be 2 or more, not 1"
     code, _, err = run(main, ["suspects", str(cache_copy), "--layer", "stage9"], capsys)
     assert code == 2 and err.startswith("error: ") and "stage9" in err and len(err.strip().splitlines()) == 1
+
+
+def test_duplicates_are_the_test_images_nearly_equal_to_a_train_image(tmp_path, monkeypatch):
+    import classify.duplicates
+    from classify.duplicates import find_duplicates
+
+    monkeypatch.setattr(classify.duplicates, "CHUNK_ROWS", 7)  # several chunks of test rows
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(60, 16))
+    test = rng.normal(size=(30, 16))  # other images: cosine to any train row far below 0.9
+    planted = {4: 17, 11: 3, 25: 40}  # test row -> the train row it copies, a little changed
+    for row, source in planted.items():
+        test[row] = 2 * train[source] + 0.05 * rng.normal(size=16)  # the scale does not matter to a cosine
+    labels = np.arange(90) % 3
+    cache = _synthetic_cache(tmp_path / "pairs.h5", {"train": (train, labels[:60]), "test": (test, labels[60:])},
+                             ["a", "b", "c"])
+    found = find_duplicates(cache, log=lambda m: None)
+    assert sorted(found.test_rows.tolist()) == sorted(planted)
+    assert dict(zip(found.test_rows.tolist(), found.train_rows.tolist(), strict=True)) == planted
+    assert (np.diff(found.similarity[found.test_rows]) <= 0).all()  # most similar first
+    assert found.similarity.max() <= 1 + 1e-6 and np.sort(found.similarity)[-4] < 0.9
+    lines = found.csv_path.read_text().splitlines()
+    assert lines[0] == "test_id,train_id,similarity,test_label,train_label" and len(lines) == 4
+    assert found.png_path is None
+
+
+def test_duplicates_command_lists_and_pictures_pairs(cache_copy, capsys):
+    code, out, err = run(main, ["duplicates", str(cache_copy), "--threshold", "0.5"], capsys)
+    assert code == 0 and "nearest of 60 train images to each of 60 test images" in err
+    count = int(out.split("\n")[1].split()[0])
+    pairs = [line.split("\t") for line in out.splitlines() if line.startswith("  test/")]
+    assert count > 0 and len(pairs) == min(10, count) and all(p[1].startswith("train/") for p in pairs)
+    assert [float(p[2]) for p in pairs] == sorted((float(p[2]) for p in pairs), reverse=True)
+    assert len(cache_copy.with_suffix(".duplicates.csv").read_text().splitlines()) == 1 + count
+    assert cache_copy.with_suffix(".duplicates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for threshold in ("0", "1.5"):
+        code, _, err = run(main, ["duplicates", str(cache_copy), "--threshold", threshold], capsys)
+        assert code == 2 and err.startswith(f"error: --threshold {float(threshold)}: give a cosine similarity")
