@@ -132,14 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SHOWN_SUSPECTS = 10
+SHOWN_ROWS = 10  # of the suspects and duplicates printed; the CSV has them all
 
 
 def print_duplicates(found) -> None:
     share = len(found.test_rows) / max(len(found.test_ids), 1)
     print(f"\n{len(found.test_rows)} of {len(found.test_ids)} test images ({share:.1%}) have a train image at cosine "
           f"similarity {found.threshold:g} or more ({found.seconds:.1f} s)" + (":" if len(found.test_rows) else "."))
-    for row, train_row in zip(found.test_rows[:SHOWN_SUSPECTS], found.train_rows, strict=False):
+    for row, train_row in zip(found.test_rows[:SHOWN_ROWS], found.train_rows[:SHOWN_ROWS], strict=True):
         print(f"  {found.test_ids[row]}\t{found.train_ids[train_row]}\t{found.similarity[row]:.3f}")
     if len(found.test_rows):
         print("the test accuracy counts them as unseen: move them out of the test split and extract again (only "
@@ -153,8 +153,8 @@ def print_suspects(found) -> None:
     share = len(found.rows) / max(len(found.labels), 1)
     print(f"\n{len(found.rows)} of {len(found.labels)} train images ({share:.1%}) are predicted as another class "
           f"than their label by a logreg head that did not see them ({found.best_params}, {found.seconds:.1f} s); "
-          f"the {min(SHOWN_SUSPECTS, len(found.rows))} it disagrees with most:")
-    for row in found.rows[:SHOWN_SUSPECTS]:
+          f"the {min(SHOWN_ROWS, len(found.rows))} it disagrees with most:")
+    for row in found.rows[:SHOWN_ROWS]:
         label, predicted = found.labels[row], found.predicted[row]
         print(f"  {found.ids[row]}\tlabelled {found.class_names[label]} ({found.probabilities[row, label]:.3f}), "
               f"looks like {found.class_names[predicted]} ({found.probabilities[row, predicted]:.3f})")
