@@ -141,6 +141,9 @@ def print_duplicates(found) -> None:
           f"similarity {found.threshold:g} or more ({found.seconds:.1f} s)" + (":" if len(found.test_rows) else "."))
     for row, train_row in zip(found.test_rows[:SHOWN_ROWS], found.train_rows[:SHOWN_ROWS], strict=True):
         print(f"  {found.test_ids[row]}\t{found.train_ids[train_row]}\t{found.similarity[row]:.3f}")
+    for head, (every, these, others) in found.accuracy_apart.items() if len(found.test_rows) else ():
+        print(f"{head} (its predictions.csv): test accuracy {every:.4f}, on these {these:.4f}, on the other "
+              f"{len(found.test_ids) - len(found.test_rows)} {others:.4f}")
     if len(found.test_rows):
         print("the test accuracy counts them as unseen: move them out of the test split and extract again (only "
               "the moved files go through the network)")

@@ -6,6 +6,7 @@ as good as seen; `extract` already names byte-for-byte copies, this finds the re
 from __future__ import annotations
 
 import csv
+import glob
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class Duplicates:
     seconds: float
     csv_path: Path
     png_path: Path | None
+    # per head trained on this cache (its FILE.HEAD.predictions.csv): test accuracy on all, on these, on the others
+    accuracy_apart: dict[str, tuple[float, float, float]]
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:
@@ -98,4 +101,25 @@ def find_duplicates(cache_path: str | Path, threshold: float = DEFAULT_THRESHOLD
                                f"pairs at cosine >= {threshold:g}, most similar first)\n{cache.attrs['backbone']} "
                                f"{chosen} features")
     return Duplicates(test_rows, nearest[test_rows], similarity, nearest, test_ids, train_ids, threshold,
-                      time.perf_counter() - started, csv_path, png_path)
+                      time.perf_counter() - started, csv_path, png_path,
+                      accuracy_apart(base.parent, base.name, test_ids, test_rows))
+
+
+def accuracy_apart(folder: Path, prefix: str, test_ids: np.ndarray, rows: np.ndarray
+                   ) -> dict[str, tuple[float, float, float]]:
+    """For each head whose test predictions lie beside the cache (FILE.HEAD.predictions.csv, written by
+    `classify HEAD`): its accuracy on every test image, on the `rows` and on the others; how much the near-copies
+    lift the score it reported."""
+    chosen = np.zeros(len(test_ids), dtype=bool)
+    chosen[rows] = True
+    apart = {}
+    for path in sorted(folder.glob(f"{glob.escape(prefix)}.*.predictions.csv")):
+        head = path.name[len(prefix) + 1:-len(".predictions.csv")]
+        with open(path, newline="") as file:
+            right = {row["id"]: row["true"] == row["predicted"] for row in csv.DictReader(file)}
+        if set(right) != set(test_ids) or "." in head:  # another split's, or another layer's head
+            continue
+        hits = np.array([right[i] for i in test_ids])
+        apart[head] = (float(hits.mean()), float(hits[chosen].mean()) if chosen.any() else float("nan"),
+                       float(hits[~chosen].mean()) if (~chosen).any() else float("nan"))
+    return apart

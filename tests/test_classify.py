@@ -511,7 +511,13 @@ def test_duplicates_are_the_test_images_nearly_equal_to_a_train_image(tmp_path, 
     labels = np.arange(90) % 3
     cache = _synthetic_cache(tmp_path / "pairs.h5", {"train": (train, labels[:60]), "test": (test, labels[60:])},
                              ["a", "b", "c"])
+    right = [i in planted or i % 3 == 0 for i in range(30)]  # a head's test predictions, right on the copies
+    rows = [f"test{i},a,{'a' if ok else 'b'},\n" for i, ok in enumerate(right)]
+    (tmp_path / "pairs.logreg.predictions.csv").write_text("id,true,predicted,probability\n" + "".join(rows))
+    (tmp_path / "pairs.stage3.svm.predictions.csv").write_text("id,true,predicted,probability\n" + "".join(rows))
     found = find_duplicates(cache, log=lambda m: None)
+    others = [ok for i, ok in enumerate(right) if i not in planted]
+    assert found.accuracy_apart == {"logreg": (np.mean(right), 1.0, np.mean(others))}  # not another layer's svm
     assert sorted(found.test_rows.tolist()) == sorted(planted)
     assert dict(zip(found.test_rows.tolist(), found.train_rows.tolist(), strict=True)) == planted
     assert (np.diff(found.similarity[found.test_rows]) <= 0).all()  # most similar first
