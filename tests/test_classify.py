@@ -2,6 +2,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,6 +86,8 @@ def test_an_svm_trained_with_probability_predicts_its_most_probable_class_and_pr
     assert np.allclose(probabilities.sum(axis=1), 1) and probabilities.min() >= 0
     assert np.array_equal(model.predict(features), probabilities.argmax(axis=1))
     assert np.mean(model.predict(features) == labels) == pytest.approx(result["test_accuracy"])
+    written = [line.split(",")[2] for line in Path(result["predictions_csv"]).read_text().splitlines()[1:]]
+    assert written == [metadata["class_names"][i] for i in model.predict(features)]
     code, out, _ = run(main, ["predict", result["model_file"], *(str(sample_dir / ids[i]) for i in (0, 1))], capsys)
     lines = [line.split("\t") for line in out.strip().splitlines()]
     assert [label for _, label, _ in lines] == [metadata["class_names"][i] for i in probabilities[:2].argmax(axis=1)]
