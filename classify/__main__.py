@@ -139,8 +139,8 @@ def print_duplicates(found) -> None:
     share = len(found.test_rows) / max(len(found.test_ids), 1)
     print(f"\n{len(found.test_rows)} of {len(found.test_ids)} test images ({share:.1%}) have a train image at cosine "
           f"similarity {found.threshold:g} or more ({found.seconds:.1f} s)" + (":" if len(found.test_rows) else "."))
-    for row, train_row in zip(found.test_rows[:SHOWN_ROWS], found.train_rows[:SHOWN_ROWS], strict=True):
-        print(f"  {found.test_ids[row]}\t{found.train_ids[train_row]}\t{found.similarity[row]:.3f}")
+    for row in found.test_rows[:SHOWN_ROWS]:
+        print(f"  {found.test_ids[row]}\t{found.train_ids[found.nearest[row]]}\t{found.similarity[row]:.3f}")
     for head, (every, these, others) in found.accuracy_apart.items() if len(found.test_rows) else ():
         print(f"{head} (its predictions.csv): test accuracy {every:.4f}, on these {these:.4f}, on the other "
               f"{len(found.test_ids) - len(found.test_rows)} {others:.4f}")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from classify.heads import LayerSelector
-from classify.mistakes import GALLERY_SIZE, image_files, plot_images
-from classify.train import default_layer
+from classify.mistakes import GALLERY_SIZE, image_files, plot_images, write_table
+from classify.train import default_layer, output_base
 from extract.errors import UsageError
 from extract.store import open_cache
 
@@ -27,7 +27,6 @@ CHUNK_ROWS = 2048  # test rows per matrix product: 2,048 x 50,000 float32 simila
 @dataclass
 class Duplicates:
     test_rows: np.ndarray  # test rows whose nearest train image is at or above the threshold, most similar first
-    train_rows: np.ndarray  # that nearest train image of each
     similarity: np.ndarray  # cosine similarity of every test row to its nearest train row
     nearest: np.ndarray  # the nearest train row of every test row
     test_ids: np.ndarray
@@ -76,17 +75,12 @@ def find_duplicates(cache_path: str | Path, threshold: float = DEFAULT_THRESHOLD
     similarity, nearest = nearest_train(selector.transform(train), selector.transform(test))
     test_rows = np.flatnonzero(similarity >= threshold)
     test_rows = test_rows[np.argsort(-similarity[test_rows], kind="stable")]
-    base = cache.path.with_suffix("")
-    if layer:
-        base = Path(f"{base}.{layer}")
+    base = output_base(cache.path, layer)
     names = cache.class_names
-    csv_path = Path(f"{base}.duplicates.csv")
-    with open(csv_path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["test_id", "train_id", "similarity", "test_label", "train_label"])
-        for row in test_rows:
-            writer.writerow([test_ids[row], train_ids[nearest[row]], f"{similarity[row]:.4f}",
-                             names[test_labels[row]], names[train_labels[nearest[row]]]])
+    csv_path = write_table(Path(f"{base}.duplicates.csv"),
+                           ["test_id", "train_id", "similarity", "test_label", "train_label"],
+                           ([test_ids[row], train_ids[nearest[row]], f"{similarity[row]:.4f}",
+                             names[test_labels[row]], names[train_labels[nearest[row]]]] for row in test_rows))
     source = cache.attrs.get("dataset_source", "")
     pairs = [(row, test_file, train_file) for row, test_file in image_files(source, test_ids, test_rows)
              for (_, train_file) in image_files(source, train_ids, nearest[[row]])][:GALLERY_SIZE // 2]
@@ -100,21 +94,19 @@ def find_duplicates(cache_path: str | Path, threshold: float = DEFAULT_THRESHOLD
                                f"test images and their most similar train image ({len(pairs)} of the {len(test_rows)} "
                                f"pairs at cosine >= {threshold:g}, most similar first)\n{cache.attrs['backbone']} "
                                f"{chosen} features")
-    return Duplicates(test_rows, nearest[test_rows], similarity, nearest, test_ids, train_ids, threshold,
-                      time.perf_counter() - started, csv_path, png_path,
-                      accuracy_apart(base.parent, base.name, test_ids, test_rows))
+    return Duplicates(test_rows, similarity, nearest, test_ids, train_ids, threshold, time.perf_counter() - started,
+                      csv_path, png_path, accuracy_apart(base, test_ids, test_rows))
 
 
-def accuracy_apart(folder: Path, prefix: str, test_ids: np.ndarray, rows: np.ndarray
-                   ) -> dict[str, tuple[float, float, float]]:
+def accuracy_apart(base: Path, test_ids: np.ndarray, rows: np.ndarray) -> dict[str, tuple[float, float, float]]:
     """For each head whose test predictions lie beside the cache (FILE.HEAD.predictions.csv, written by
     `classify HEAD`): its accuracy on every test image, on the `rows` and on the others; how much the near-copies
     lift the score it reported."""
     chosen = np.zeros(len(test_ids), dtype=bool)
     chosen[rows] = True
     apart = {}
-    for path in sorted(folder.glob(f"{glob.escape(prefix)}.*.predictions.csv")):
-        head = path.name[len(prefix) + 1:-len(".predictions.csv")]
+    for path in sorted(base.parent.glob(f"{glob.escape(base.name)}.*.predictions.csv")):
+        head = path.name[len(base.name) + 1:-len(".predictions.csv")]
         with open(path, newline="") as file:
             right = {row["id"]: row["true"] == row["predicted"] for row in csv.DictReader(file)}
         if set(right) != set(test_ids) or "." in head:  # another split's, or another layer's head

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +17,27 @@ GALLERY_SIZE = 30
 GALLERY_COLUMNS = 6
 
 
-def predicted_probabilities(probabilities: np.ndarray | None, y_pred: np.ndarray) -> np.ndarray | None:
-    """The probability each image's predicted class got, or None for heads that give none."""
-    return None if probabilities is None else probabilities[np.arange(len(y_pred)), y_pred]
-
-
-def write_predictions(path: Path, ids: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
-                      confidence: np.ndarray | None, class_names: list[str]) -> Path:
-    """One row per test image: its id (the file, for image folders and tables), true and predicted class, and the
-    probability of the predicted class (empty for heads without probabilities): the table to sort and filter."""
+def write_table(path: Path, header: list[str], rows: Iterable[list]) -> Path:
+    """A CSV of `rows` under `header`: the tables written beside a cache (predictions, suspects, duplicates)."""
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["id", "true", "predicted", "probability"])
-        for i, (sample_id, true, predicted) in enumerate(zip(ids, y_true, y_pred, strict=True)):
-            writer.writerow([sample_id, class_names[true], class_names[predicted],
-                             "" if confidence is None else f"{confidence[i]:.4f}"])
+        writer.writerow(header)
+        writer.writerows(rows)
     return path
+
+
+def save_test_predictions(csv_path: Path, png_path: Path, source: str, ids: np.ndarray, y_true: np.ndarray,
+                          y_pred: np.ndarray, probabilities: np.ndarray | None, class_names: list[str],
+                          title: str) -> Path | None:
+    """One row per test image in `csv_path` (its id: the file, for image folders and tables; true and predicted
+    class; the probability of the predicted class, empty for heads without probabilities), and the wrong ones
+    pictured in `png_path` (`plot_mistakes`), which is returned, or None where nothing is pictured."""
+    confidence = None if probabilities is None else probabilities[np.arange(len(y_pred)), y_pred]
+    shown = [""] * len(y_pred) if confidence is None else [f"{p:.4f}" for p in confidence]
+    write_table(csv_path, ["id", "true", "predicted", "probability"],
+                ([sample_id, class_names[true], class_names[predicted], p]
+                 for sample_id, true, predicted, p in zip(ids, y_true, y_pred, shown, strict=True)))
+    return plot_mistakes(source, ids, y_true, y_pred, confidence, class_names, png_path, title)
 
 
 def mistake_order(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray | None) -> np.ndarray:

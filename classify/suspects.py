@@ -9,7 +9,6 @@ not wrong labels: the ranking puts the ones the features are surest about first.
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +19,8 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 
 from classify.heads import LayerSelector, build_head, parse_grid
-from classify.mistakes import image_files, plot_images
-from classify.train import check_cv, default_layer, short_name
+from classify.mistakes import image_files, plot_images, write_table
+from classify.train import check_cv, default_layer, output_base, short_name
 from extract.store import open_cache
 
 
@@ -75,17 +74,13 @@ def find_suspects(cache_path: str | Path, layer: str | None = None, cv: int = 3,
     probabilities[:, np.unique(labels)] = found  # a class without train images has no column of its own
     rows = rank_suspects(labels, probabilities)
     predicted = probabilities.argmax(axis=1)
-    base = cache.path.with_suffix("")
-    if layer:  # as the heads name their files
-        base = Path(f"{base}.{layer}")
+    base = output_base(cache.path, layer)
     names = cache.class_names
-    csv_path = Path(f"{base}.suspects.csv")
-    with open(csv_path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["id", "label", "predicted", "probability_of_label", "probability_of_predicted"])
-        for row in rows:
-            writer.writerow([ids[row], names[labels[row]], names[predicted[row]],
-                             f"{probabilities[row, labels[row]]:.4f}", f"{probabilities[row, predicted[row]]:.4f}"])
+    csv_path = write_table(Path(f"{base}.suspects.csv"),
+                           ["id", "label", "predicted", "probability_of_label", "probability_of_predicted"],
+                           ([ids[row], names[labels[row]], names[predicted[row]],
+                             f"{probabilities[row, labels[row]]:.4f}", f"{probabilities[row, predicted[row]]:.4f}"]
+                            for row in rows))
     shown = image_files(cache.attrs.get("dataset_source", ""), ids, rows)
     png_path = None
     if shown:

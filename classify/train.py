@@ -16,7 +16,7 @@ from classify import heads
 from classify.cluster import sweep_backend
 from classify.evaluate import evaluate, plot_confusion
 from classify.heads import build_head, format_grid, is_number, parse_grid, svm_is_pairwise, with_probabilities
-from classify.mistakes import plot_mistakes, predicted_probabilities, write_predictions
+from classify.mistakes import save_test_predictions
 from classify.models import save_model
 from extract.errors import UsageError
 from extract.store import open_cache
@@ -209,18 +209,15 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     y_pred = probabilities.argmax(axis=1) if probability else model.predict(x_test)
     evaluation = evaluate(y_test, y_pred, cache.class_names, probabilities)
 
-    base = cache.path.with_suffix("")
-    if layer:  # models of other layers than the default sit beside the default one
-        base = Path(f"{base}.{layer}")
+    base = output_base(cache.path, layer)
     model_path = Path(f"{base}.{head}.joblib")
     png = plot_confusion(evaluation.confusion, cache.class_names, Path(f"{base}.{head}.confusion.png"),
                          f"{head} on {cache.attrs['backbone']} features: test accuracy {evaluation.accuracy:.3f}")
-    confidence = predicted_probabilities(probabilities, y_pred)
-    predictions = write_predictions(Path(f"{base}.{head}.predictions.csv"), test_ids, y_test, y_pred, confidence,
-                                    cache.class_names)
-    mistakes = plot_mistakes(cache.attrs.get("dataset_source", ""), test_ids, y_test, y_pred, confidence,
-                             cache.class_names, Path(f"{base}.{head}.mistakes.png"),
-                             f"{head} on {cache.attrs['backbone']} features: wrong test images, true -> predicted")
+    predictions = Path(f"{base}.{head}.predictions.csv")
+    mistakes = save_test_predictions(predictions, Path(f"{base}.{head}.mistakes.png"),
+                                     cache.attrs.get("dataset_source", ""), test_ids, y_test, y_pred, probabilities,
+                                     cache.class_names, f"{head} on {cache.attrs['backbone']} features: wrong test "
+                                     "images, true -> predicted")
     cv_scores, layer_scores = _cv_tables(search, search_layers or [start_layer])
     selector = model.named_steps["layer"]
     result = TrainResult(
@@ -239,6 +236,13 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
                                               "precision", "dataset", "dataset_fingerprint", "transform")}
     save_model(model, model_path, {**result.to_dict(), "provenance": provenance})
     return result
+
+
+def output_base(cache_path: Path, layer: str | None) -> Path:
+    """Where a command's files about a cache go, less their suffix: beside the cache, named after it, and after the
+    layer where one was asked for (so the files of other layers than the default sit beside the default's)."""
+    base = cache_path.with_suffix("")
+    return Path(f"{base}.{layer}") if layer else base
 
 
 def class_probabilities(model, features: np.ndarray, n_classes: int) -> np.ndarray | None:

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset as TorchDataset
 from tqdm import tqdm
 
 from classify.evaluate import evaluate
-from classify.mistakes import plot_mistakes, predicted_probabilities, write_predictions
+from classify.mistakes import save_test_predictions
 from extract.backbones import DEFAULT_BACKBONE, Preprocess, block_names, create_backbone, replace_classifier
 from extract.datasets import BadImageError, Dataset, Split, copies_warning, resolve_dataset
 from extract.distributed import World, world
@@ -457,12 +457,10 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
         test_predictions=predictions.tolist(), out=str(out))
     if ranks.is_main:
         (out / "result.json").write_text(json.dumps({**result.to_dict(), "config": asdict(config)}, indent=2))
-        ids, confidence = np.asarray(test_split.ids), predicted_probabilities(probabilities, predictions)
-        write_predictions(out / "predictions.csv", ids, test_split.labels, predictions, confidence,
-                          dataset.class_names)
-        plot_mistakes(dataset.source, ids, test_split.labels, predictions, confidence, dataset.class_names,
-                      out / "mistakes.png", f"{config.backbone} fine-tuned ({config.mode}): wrong test images, "
-                      "true -> predicted")
+        save_test_predictions(out / "predictions.csv", out / "mistakes.png", dataset.source,
+                              np.asarray(test_split.ids), test_split.labels, predictions, probabilities,
+                              dataset.class_names, f"{config.backbone} fine-tuned ({config.mode}): wrong test "
+                              "images, true -> predicted")
     log(f"{config.mode}: test accuracy {result.test_accuracy:.4f} (best epoch {best_epoch}, val {best_val:.4f}), "
         f"log loss {result.test_log_loss:.4f}, calibration error {result.test_calibration_error:.4f}")
     return result

@@ -522,7 +522,7 @@ def test_duplicates_are_the_test_images_nearly_equal_to_a_train_image(tmp_path, 
     others = [ok for i, ok in enumerate(right) if i not in planted]
     assert found.accuracy_apart == {"logreg": (np.mean(right), 1.0, np.mean(others))}  # not another layer's svm
     assert sorted(found.test_rows.tolist()) == sorted(planted)
-    assert dict(zip(found.test_rows.tolist(), found.train_rows.tolist(), strict=True)) == planted
+    assert dict(zip(found.test_rows.tolist(), found.nearest[found.test_rows].tolist(), strict=True)) == planted
     assert (np.diff(found.similarity[found.test_rows]) <= 0).all()  # most similar first
     assert found.similarity.max() <= 1 + 1e-6 and np.sort(found.similarity)[-4] < 0.9
     lines = found.csv_path.read_text().splitlines()
