@@ -43,6 +43,14 @@ folders and tables, a picture of the wrong ones (FILE.HEAD.mistakes.png) are wri
 """
 
 
+def add_cache_arguments(command: argparse.ArgumentParser) -> None:
+    """The cache a command reads: a file, a folder's newest, or --cache-dir's newest."""
+    command.add_argument("cache_file", nargs="?", help="HDF5 cache entry, or a folder of them for the newest there "
+                                                       "(default: the newest in --cache-dir)")
+    command.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                         help="where extract wrote the feature files (default: cache/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m classify", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      metavar="{" + ",".join(HEADS) + ",predict,map,suspects,duplicates}")
     for head in HEADS:
         sub = commands.add_parser(head, help=f"train a {head} head by GridSearchCV and test it")
-        sub.add_argument("cache_file", nargs="?",
-                         help="HDF5 cache entry, or a folder of them for the newest there (default: the newest in "
-                              "--cache-dir)")
+        add_cache_arguments(sub)
         sub.add_argument("--grid", default=None,
                          help=f"parameters to search, e.g. \"C=0.1,1,10\" (default {DEFAULT_GRIDS[head]}); "
                               "several separated by ';'")
@@ -68,8 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--scheduler", default=None, metavar="ADDRESS",
                          help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786; its workers need "
                               "this toolkit installed")
-        sub.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
-                         help="where extract wrote the feature files (default: cache/)")
         sub.add_argument("--json", action="store_true", help="print the result as one JSON object")
         if head in CALIBRATED_HEADS:
             sub.add_argument("--probability", action="store_true",
@@ -95,13 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     feature_map = commands.add_parser("map", help="draw a cache's train features in 2-D by t-SNE, coloured by class",
                                       description="Writes FILE.map.png beside the cache: do the backbone's features "
                                                   "already group the classes, and which ones mingle?")
-    feature_map.add_argument("cache_file", nargs="?", help="HDF5 cache entry, or a folder of them for the newest "
-                                                           "there (default: the newest in --cache-dir)")
+    add_cache_arguments(feature_map)
     feature_map.add_argument("--layer", default=None, help="which cached layer to draw (default: penultimate)")
     feature_map.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                              help=f"train images to draw, picked at random (default {DEFAULT_SAMPLES}: about 10 s)")
-    feature_map.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
-                             help="where extract wrote the feature files (default: cache/)")
     suspects = commands.add_parser(
         "suspects", help="rank train images by how much the features disagree with their labels",
         description="Predicts every train image by a logistic regression trained on the other cross-validation "
@@ -109,26 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "by the probability their label got, least first: the likeliest labelling mistakes. Writes "
                     "FILE.suspects.csv (every suspect) and, for image folders and tables, FILE.suspects.png (the "
                     "first 30).")
-    suspects.add_argument("cache_file", nargs="?", help="HDF5 cache entry, or a folder of them for the newest there "
-                                                        "(default: the newest in --cache-dir)")
+    add_cache_arguments(suspects)
     suspects.add_argument("--layer", default=None, help="which cached layer to use (default: penultimate)")
     suspects.add_argument("--cv", type=int, default=3, help="cross-validation folds on the train split (default 3)")
     suspects.add_argument("--n-jobs", type=int, default=-1, help="parallel fits (default -1: all cores)")
-    suspects.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
-                          help="where extract wrote the feature files (default: cache/)")
     duplicates = commands.add_parser(
         "duplicates", help="find test images that are near-copies of train images",
         description="For each test image, the train image whose features are most similar (cosine); a test image "
                     "at or above --threshold is listed as a near-copy: the head has as good as seen it, and the test "
                     "accuracy counts it as unseen. Writes FILE.duplicates.csv and, for image folders and tables, "
                     "FILE.duplicates.png (the most similar pairs side by side).")
-    duplicates.add_argument("cache_file", nargs="?", help="HDF5 cache entry, or a folder of them for the newest "
-                                                          "there (default: the newest in --cache-dir)")
+    add_cache_arguments(duplicates)
     duplicates.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                             help=f"cosine similarity from which a pair counts (default {DEFAULT_THRESHOLD})")
     duplicates.add_argument("--layer", default=None, help="which cached layer to compare (default: penultimate)")
-    duplicates.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
-                            help="where extract wrote the feature files (default: cache/)")
     return parser
 
 
