@@ -204,9 +204,9 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     if note:
         log(note)
     probabilities = class_probabilities(model, x_test, len(cache.class_names))
-    # a model fitted with_probabilities predicts its most probable class: read it off rather than run the test split
-    # through the model again (for svm on CIFAR-10, the pairwise kernels of 10,000 images)
-    y_pred = probabilities.argmax(axis=1) if probability else model.predict(x_test)
+    # a model with probabilities predicts its most probable class: read it off rather than run the test split through
+    # the model again (on CIFAR-10: knn's second nearest-neighbour search, 12.8 s; svm --probability's kernels, 4.3 s)
+    y_pred = model.predict(x_test) if probabilities is None else probabilities.argmax(axis=1)
     evaluation = evaluate(y_test, y_pred, cache.class_names, probabilities)
 
     base = output_base(cache.path, layer)

@@ -392,6 +392,10 @@ def test_heads_with_probabilities_report_their_test_log_loss(cache_copy, capsys)
     features, labels, _ = open_cache(cache_copy).load("test")
     assert knn.test_log_loss == pytest.approx(log_loss(labels, model.predict_proba(features)), rel=1e-5)
     assert 0 <= knn.test_calibration_error <= 1
+    # the predictions are read off the probabilities: they are what the saved model predicts
+    written = [line.split(",")[2] for line in Path(knn.predictions_csv).read_text().splitlines()[1:]]
+    assert written == [knn.class_names[i] for i in model.predict(features)]
+    assert np.mean(model.predict(features) == labels) == pytest.approx(knn.test_accuracy)
     code, out, _ = run(main, ["linearsvm", str(cache_copy), "--grid", "C=0.001", "--cv", "2", "--n-jobs", "1",
                               "--json"], capsys)
     assert code == 0 and json.loads(out)["test_log_loss"] is None  # an SVM without --probability gives none
