@@ -14,7 +14,7 @@ from classify.cluster import BACKENDS
 from classify.duplicates import DEFAULT_THRESHOLD
 from classify.evaluate import format_confusion
 from classify.feature_map import DEFAULT_SAMPLES
-from classify.heads import CALIBRATED_HEADS, DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS, format_grid
+from classify.heads import CALIBRATED_HEADS, DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS, WEIGHTED_HEADS, format_grid
 from extract.errors import exit_cli
 from extract.options import add_device_argument
 from extract.store import DEFAULT_CACHE_DIR, latest_cache
@@ -25,6 +25,7 @@ EPILOG = """examples:
   python -m classify linearsvm --json             one JSON object on stdout, for scripts
   python -m classify logreg --layer best          choose the layer by CV (cache from extract --layers all)
   python -m classify svm --probability            the model also gives calibrated probabilities
+  python -m classify logreg --balanced            uneven classes weighted alike, chosen by balanced accuracy
   python -m classify predict cache/FILE.svm.joblib photo1.jpg photo2.png
   python -m classify map                          t-SNE picture of the newest cache's features, by class
   python -m classify suspects                     train images whose label the features disagree with
@@ -81,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                                   "parameters' out-of-fold decision values on the train split (--cv more fits; "
                                   "svm: libsvm's pairwise coupling, linearsvm: a fitted temperature); the model "
                                   "then predicts its most probable class")
+        if head in WEIGHTED_HEADS:
+            sub.add_argument("--balanced", action="store_true",
+                             help="weight each class by the inverse of its train image count and choose parameters "
+                                  "by balanced accuracy (the mean of the classes' recalls): for uneven classes, when "
+                                  "the small ones matter as much as the large")
         if head == "svm":
             sub.add_argument("--exact", action="store_true",
                              help="always fit scikit-learn's SVC (slow above ~10,000 training samples)")
@@ -199,21 +205,27 @@ def main(argv: list[str] | None = None) -> int:
     result = train_head(cache_file, args.command, args.grid, args.cv, args.n_jobs, exact=getattr(args, "exact", False),
                         pairwise=getattr(args, "pairwise", False), layer=args.layer, backend=args.backend,
                         scheduler=args.scheduler, probability=getattr(args, "probability", False),
+                        balanced=getattr(args, "balanced", False),
                         log=lambda message: print(message, file=sys.stderr))
     if args.json:
         skip = ("report", "confusion", "class_names")
         print(json.dumps({k: v for k, v in result.to_dict().items() if k not in skip}))
         return 0
-    print(f"\n{result.head}: best {result.best_params} (cv accuracy {result.cv_accuracy:.4f}), "
+    scoring = result.scoring.replace("_", " ")
+    print(f"\n{result.head}: best {result.best_params} (cv {scoring} {result.cv_accuracy:.4f}), "
           f"search {result.search_seconds:.1f} s")
     for entry in result.cv_scores:
-        print(f"  {entry['params']}: cv accuracy {entry['mean_cv_accuracy']:.4f}")
+        print(f"  {entry['params']}: cv {scoring} {entry['mean_cv_accuracy']:.4f}")
     if len(result.layer_scores) > 1:
-        print("best cv accuracy per layer: " + ", ".join(f"{name} {score:.4f}"
+        print(f"best cv {scoring} per layer: " + ", ".join(f"{name} {score:.4f}"
                                                          for name, score in result.layer_scores.items()))
     low, high = result.test_accuracy_interval
+    test_counts = np.asarray(result.confusion).sum(axis=1)
+    uneven = test_counts.max() > test_counts[test_counts > 0].min()  # else balanced accuracy is the accuracy
     print(f"\ntest accuracy {result.test_accuracy:.4f} (95% interval {low:.3f}-{high:.3f})   "
-          f"macro-F1 {result.macro_f1:.4f}   "
+          + (f"balanced accuracy {result.test_balanced_accuracy:.4f}   " if uneven or result.scoring != "accuracy"
+             else "")
+          + f"macro-F1 {result.macro_f1:.4f}   "
           f"({result.n_test} test images, {result.n_train} train, {result.feature_dim} {result.layer} features)")
     if result.test_log_loss is not None:
         print(f"probabilities: test log loss {result.test_log_loss:.4f}, calibration error "

@@ -16,6 +16,7 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
 from classify.pairwise_svm import class_pairs
@@ -27,7 +28,8 @@ class CoupledSVC(ClassifierMixin, BaseEstimator):
     """An RBF SVM (`SVC` or `PairwiseSVC`) with `predict_proba`: Platt's sigmoid per pair of classes, fitted on the
     out-of-fold one-vs-one decision values of `cv`, then pairwise coupling. `predict` is the most probable class
     (which differs from the SVM's vote where the vote is close), so that predictions and probabilities agree.
-    Fitting costs the folds' fits and one on all the data."""
+    An SVM with a `class_weight` has its sigmoids fitted with the same weights: unweighted, they would learn the
+    classes' train counts back and undo the weighting. Fitting costs the folds' fits and one on all the data."""
 
     def __init__(self, estimator=None, cv=3, n_jobs: int | None = None):
         self.estimator = estimator
@@ -41,10 +43,14 @@ class CoupledSVC(ClassifierMixin, BaseEstimator):
         self.classes_ = self.estimator_.classes_
         labels = np.searchsorted(self.classes_, y)
         held_out = _first_class_positive(held_out)
+        weights = getattr(svm, "class_weight", None)
+        row_weights = (np.ones(len(y)) if weights is None
+                       else compute_class_weight(weights, classes=self.classes_, y=y)[labels])
         sigmoids = []
         for pair, (a, b) in enumerate(class_pairs(len(self.classes_))):
             rows = (labels == a) | (labels == b)
-            platt = LogisticRegression().fit(held_out[rows, pair, None], labels[rows] == a)
+            platt = LogisticRegression().fit(held_out[rows, pair, None], labels[rows] == a,
+                                             sample_weight=row_weights[rows])
             sigmoids.append((platt.coef_[0, 0], platt.intercept_[0]))
         self.pair_sigmoids_ = np.array(sigmoids)  # (n_pairs, 2): P(first class | pair) = expit(slope * f + bias)
         return self

@@ -7,13 +7,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, log_loss
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    recall_score,
+)
 
 
 @dataclass
 class Evaluation:
     accuracy: float
     accuracy_interval: tuple[float, float]
+    balanced_accuracy: float  # the mean of the classes' recalls: what accuracy would be with every class as large
     macro_f1: float
     report: str
     confusion: np.ndarray
@@ -51,6 +59,8 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str],
     return Evaluation(
         accuracy=float(accuracy_score(y_true, y_pred)),
         accuracy_interval=accuracy_interval(int(np.sum(y_true == y_pred)), len(y_true)),
+        # scikit-learn's balanced_accuracy_score, without its warning when a class is predicted but has no test image
+        balanced_accuracy=float(recall_score(y_true, y_pred, labels=np.unique(y_true), average="macro")),
         macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         report=classification_report(y_true, y_pred, labels=labels, target_names=class_names, digits=3,
                                      zero_division=0),

@@ -34,6 +34,7 @@ DEFAULT_GRIDS = {
 }
 HEADS = tuple(DEFAULT_GRIDS)
 CALIBRATED_HEADS = ("svm", "linearsvm")  # heads without probabilities of their own
+WEIGHTED_HEADS = ("svm", "linearsvm", "logreg")  # heads whose loss can weight classes (knn votes by neighbours)
 EXACT_SVM_MAX_TRAIN = 10_000
 
 
@@ -79,28 +80,35 @@ def svm_is_pairwise(n_train: int, exact: bool = False, pairwise: bool = False) -
 
 
 def build_head(name: str, layout: dict[str, tuple[int, int]] | None = None, layer: str = "penultimate",
-               pairwise: bool = False) -> Pipeline:
+               pairwise: bool = False, balanced: bool = False) -> Pipeline:
     """An unfitted Pipeline: `layer` picks the cached layer's columns, `clf` is the classifier.
 
     Linear heads standardise each feature first (their solvers converge far faster); the RBF SVM works on the
-    raw features, whose scale gamma='scale' already accounts for (measured here: 0.3 points better).
+    raw features, whose scale gamma='scale' already accounts for (measured here: 0.3 points better). `balanced`
+    weights each class by the inverse of its train count (class_weight='balanced'), so that every class counts as
+    much in the loss.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
 
+    if balanced and name not in WEIGHTED_HEADS:
+        raise UsageError(f"--balanced weights the classes of {', '.join(WEIGHTED_HEADS)}; {name} has no class weights")
+    weight = "balanced" if balanced else None
     select = [("layer", LayerSelector(layout, layer))] if layout else []
     if name == "svm":
         if pairwise:
-            return Pipeline([*select, ("clf", PairwiseSVC(gamma="scale"))])
-        return Pipeline([*select, ("clf", SVC(kernel="rbf", gamma="scale", cache_size=2000))])
+            return Pipeline([*select, ("clf", PairwiseSVC(gamma="scale", class_weight=weight))])
+        return Pipeline([*select, ("clf", SVC(kernel="rbf", gamma="scale", cache_size=2000, class_weight=weight))])
     if name == "linearsvm":
         # LinearSVC's model fitted by L-BFGS (classify/linear_svm.py); the default sweep on all of CIFAR-10 takes
         # 38.7 s against 195.2 s with liblinear
-        return Pipeline([*select, ("scale", StandardScaler()), ("clf", LBFGSLinearSVC(tol=1e-3))])
+        return Pipeline([*select, ("scale", StandardScaler()),
+                         ("clf", LBFGSLinearSVC(tol=1e-3, class_weight=weight))])
     if name == "logreg":
         # tol 1e-3 as for linearsvm: lbfgs stops 2-5x sooner at the same accuracy (33,333 x 1,280 CIFAR features:
         # C=0.001 5.3 s against 11.0 s, test 0.8003 against 0.8001; C=1 9.1 s against 40.9 s)
-        return Pipeline([*select, ("scale", StandardScaler()), ("clf", LogisticRegression(tol=1e-3, max_iter=2000))])
+        return Pipeline([*select, ("scale", StandardScaler()),
+                         ("clf", LogisticRegression(tol=1e-3, max_iter=2000, class_weight=weight))])
     if name == "knn":
         # no training: the labels of the nearest train images by cosine similarity (unit-length rows, then Euclidean
         # distance by matrix products), weighted by closeness, as self-supervised features (DINOv2's) are judged

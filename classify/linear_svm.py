@@ -20,6 +20,7 @@ from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import label_binarize
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import ThreadpoolController
@@ -27,11 +28,13 @@ from threadpoolctl import ThreadpoolController
 ROW_BLOCK = 1024  # rows per block of the loss: one block's features and margins stay in the CPU's cache
 
 
-def squared_hinge_loss(params: np.ndarray, x: np.ndarray, signs: np.ndarray, c: float) -> tuple[float, np.ndarray]:
+def squared_hinge_loss(params: np.ndarray, x: np.ndarray, signs: np.ndarray, c: float,
+                       row_weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """mean over rows of sum over classes of max(0, 1 - s * (x w + b))^2, plus |w|^2 / (2 C n); and its gradient.
 
     The same minimiser as liblinear's C * sum(...) + |w|^2 / 2, divided by C n so that one tolerance suits any C
-    and any n. Matrix products run in the features' dtype, sums in float64.
+    and any n. `row_weights` multiply each row's terms, as that many copies of the row would. Matrix products run in
+    the features' dtype, sums in float64.
     """
     n, d = x.shape
     k = signs.shape[1]
@@ -44,8 +47,10 @@ def squared_hinge_loss(params: np.ndarray, x: np.ndarray, signs: np.ndarray, c: 
     for start in range(0, n, ROW_BLOCK):
         rows, block_signs = x[start:start + ROW_BLOCK], signs[start:start + ROW_BLOCK]
         slack = np.maximum(0.0, 1.0 - block_signs * (rows @ w + b))
-        loss += float(np.dot(slack.ravel(), slack.ravel()))
         residual = block_signs * slack
+        if row_weights is not None:
+            residual *= row_weights[start:start + ROW_BLOCK, None]
+        loss += float(np.dot(slack.ravel(), (block_signs * residual).ravel()))
         grad_w += rows.T @ residual
         grad_b += residual.sum(axis=0)
     loss = loss / n + float(np.dot(params[: d * k], params[: d * k])) / (2 * c * n)
@@ -57,14 +62,18 @@ class LBFGSLinearSVC(ClassifierMixin, BaseEstimator):
     """`LinearSVC(loss="squared_hinge")`'s model with an unpenalised intercept, fitted by L-BFGS on dense BLAS.
 
     Parameters: `C` as LinearSVC's; `tol`, L-BFGS's stop on the largest gradient entry of the loss scaled by
-    1 / (C n) (1e-3 gives liblinear's tol=1e-3 accuracy); `max_iter`. Fitted attributes as LinearSVC's:
-    `classes_`, `coef_` (1 or n_classes rows), `intercept_`, `n_iter_`.
+    1 / (C n) (1e-3 gives liblinear's tol=1e-3 accuracy); `max_iter`; `class_weight` (None, 'balanced' or
+    {class: weight}), which weights each row by its class's weight in every class's loss, as LinearSVC's
+    `sample_weight` would (liblinear's own `class_weight` weights a class's rows only in that class's loss). Fitted
+    attributes as LinearSVC's: `classes_`, `coef_` (1 or n_classes rows), `intercept_`, `n_iter_`.
     """
 
-    def __init__(self, C: float = 1.0, tol: float = 1e-3, max_iter: int = 1000):
+    def __init__(self, C: float = 1.0, tol: float = 1e-3, max_iter: int = 1000,
+                 class_weight: dict | str | None = None):
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
+        self.class_weight = class_weight
 
     def fit(self, X, y) -> LBFGSLinearSVC:
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C")
@@ -76,13 +85,15 @@ class LBFGSLinearSVC(ClassifierMixin, BaseEstimator):
             raise ValueError(f"LBFGSLinearSVC needs samples of at least 2 classes; got 1 class ({self.classes_[0]!r})")
         # +1 where a row is of the class, -1 elsewhere; for two classes one column, the second class's
         signs = label_binarize(y, classes=self.classes_, neg_label=-1).astype(X.dtype)
+        row_weights = None if self.class_weight is None else compute_class_weight(
+            self.class_weight, classes=self.classes_, y=y)[np.searchsorted(self.classes_, y)].astype(X.dtype)
         d, k = X.shape[1], signs.shape[1]
         blas = ThreadpoolController().select(user_api="blas")
         threads = max((pool["num_threads"] for pool in blas.info()), default=1)
 
         def loss_and_grad(params: np.ndarray) -> tuple[float, np.ndarray]:
             with blas.limit(limits=threads):
-                return squared_hinge_loss(params, X, signs, float(self.C))
+                return squared_hinge_loss(params, X, signs, float(self.C), row_weights)
 
         # L-BFGS's own vector steps run on one BLAS thread: on several they were 40x slower here (16 ms a step
         # against 0.4 ms), which made the fit twice as slow; the loss's matrix products get the threads back.

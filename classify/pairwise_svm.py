@@ -18,6 +18,7 @@ import itertools
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.svm import SVC
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 PREDICT_CHUNK = 2048  # test rows per kernel block at predict time: bounded memory for any test size
@@ -52,20 +53,23 @@ class PairwiseSVC(ClassifierMixin, BaseEstimator):
     """RBF-kernel SVC (one-vs-one, like `sklearn.svm.SVC`) whose binary problems get precomputed kernels.
 
     Parameters are SVC's: `C`, `gamma` ('scale', as SVC: 1 / (n_features * X.var()), or a number), `tol`,
-    `cache_size` (only for pairs fitted on their features), `decision_function_shape`. The fitted attributes have
-    SVC's layout: `classes_`, `gamma_`, `support_` (training rows, grouped by class), `support_vectors_`,
-    `n_support_`, `dual_coef_` (n_classes - 1, n_support_vectors) and `intercept_` (one per pair, in `class_pairs`
-    order).
+    `cache_size` (only for pairs fitted on their features), `decision_function_shape`, `class_weight` (each class's C
+    times its weight in every pair it is in, as libsvm's; 'balanced' counts the classes over all the data). The
+    fitted attributes have SVC's layout: `classes_`, `gamma_`, `support_` (training rows, grouped by class),
+    `support_vectors_`, `n_support_`, `dual_coef_` (n_classes - 1, n_support_vectors) and `intercept_` (one per
+    pair, in `class_pairs` order).
     """
 
     def __init__(self, C: float = 1.0, gamma: str | float = "scale", tol: float = 1e-3, cache_size: float = 2000,
-                 max_pair_samples: int = 16_000, decision_function_shape: str = "ovr"):
+                 max_pair_samples: int = 16_000, decision_function_shape: str = "ovr",
+                 class_weight: dict | str | None = None):
         self.C = C
         self.gamma = gamma
         self.tol = tol
         self.cache_size = cache_size
         self.max_pair_samples = max_pair_samples
         self.decision_function_shape = decision_function_shape
+        self.class_weight = class_weight
 
     def fit(self, X, y) -> PairwiseSVC:
         X, y = validate_data(self, X, y, dtype=np.float32, order="C")
@@ -75,20 +79,24 @@ class PairwiseSVC(ClassifierMixin, BaseEstimator):
         self.gamma_ = (1.0 / (X.shape[1] * max(float(X.var(dtype=np.float64)), 1e-12)) if self.gamma == "scale"
                        else float(self.gamma))
         rows = [np.flatnonzero(labels == k) for k in range(len(self.classes_))]
+        weights = (np.ones(len(rows)) if self.class_weight is None
+                   else compute_class_weight(self.class_weight, classes=self.classes_, y=y))
         norms = [_squared_norms(X[r]) for r in rows]
         within: dict[int, np.ndarray] = {}  # kernel of a class with itself, reused by each of its pairs
         coefs: list[dict[int, np.ndarray]] = [{} for _ in rows]  # class -> {other class: coef per class row}
         intercepts = []
         for a, b in class_pairs(len(rows)):
             targets = np.r_[np.ones(len(rows[a])), -np.ones(len(rows[b]))]  # libsvm's sign: + is the first class
+            pair_weights = {1: weights[a], -1: weights[b]}
             if len(rows[a]) + len(rows[b]) > self.max_pair_samples:
-                svc = SVC(C=self.C, gamma=self.gamma_, tol=self.tol, cache_size=self.cache_size)
+                svc = SVC(C=self.C, gamma=self.gamma_, tol=self.tol, cache_size=self.cache_size,
+                          class_weight=pair_weights)
                 svc.fit(X[np.concatenate([rows[a], rows[b]])], targets)
             else:
                 for k in (a, b):
                     if k not in within:
                         within[k] = rbf_kernel_block(X[rows[k]], X[rows[k]], self.gamma_, norms[k], norms[k])
-                svc = SVC(kernel="precomputed", C=self.C, tol=self.tol)
+                svc = SVC(kernel="precomputed", C=self.C, tol=self.tol, class_weight=pair_weights)
                 svc.fit(self._pair_kernel(X, rows[a], rows[b], norms[a], norms[b], within[a], within[b]), targets)
             if b == len(rows) - 1:  # the last pair of class a
                 within.pop(a, None)

@@ -29,11 +29,13 @@ class TrainResult:
     estimator: str
     best_params: dict
     layer: str
+    scoring: str  # what the search chose by, and cv_accuracy is: 'accuracy', or 'balanced_accuracy' (--balanced)
     cv_accuracy: float
     cv_scores: list[dict]
     layer_scores: dict[str, float]
     test_accuracy: float
     test_accuracy_interval: tuple[float, float]  # 95% Wilson interval: what the test split's size allows to say
+    test_balanced_accuracy: float  # the mean of the classes' recalls
     macro_f1: float
     test_log_loss: float | None  # for heads that give probabilities (logreg, knn, the SVMs with --probability)
     test_calibration_error: float | None
@@ -102,6 +104,23 @@ def check_cv(cv: int, labels: np.ndarray) -> None:
                          f"use --cv {max(2, smallest)} or fewer folds")
 
 
+IMBALANCE_NOTE_RATIO = 3  # largest over smallest train class at which a head without --balanced says so
+
+
+def imbalance_note(labels: np.ndarray, class_names: list[str]) -> str | None:
+    """Where the largest train class has IMBALANCE_NOTE_RATIO times the images of the smallest, a head fitted for
+    accuracy gives the small classes up (bench/imbalanced.py): say so, and what --balanced does."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    present = np.flatnonzero(counts)
+    large, small = present[counts[present].argmax()], present[counts[present].argmin()]
+    if counts[large] < IMBALANCE_NOTE_RATIO * counts[small]:
+        return None
+    return (f"note: the train split's classes are uneven ({counts[large]} images of {class_names[large]}, "
+            f"{counts[small]} of {class_names[small]}), and a head fitted for accuracy favours the large ones; "
+            "--balanced weights every class alike and chooses parameters by balanced accuracy (the mean of the "
+            "classes' recalls)")
+
+
 def check_grid_values(estimator, grid: dict[str, list], x: np.ndarray, y: np.ndarray, grid_text: str,
                       head: str) -> None:
     """scikit-learn checks parameter values only when it fits: fit each combination once on two samples per class,
@@ -147,13 +166,14 @@ def layer_grid(layer: str | None, layout: dict) -> tuple[str, list[str]]:
 
 def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, cv: int = 3, n_jobs: int = -1,
                exact: bool = False, pairwise: bool = False, layer: str | None = None, backend: str = "local",
-               scheduler: str | None = None, probability: bool = False,
+               scheduler: str | None = None, probability: bool = False, balanced: bool = False,
                log: Callable[[str], None] = print) -> TrainResult:
     """GridSearchCV on the train split (over `layer` too when it is 'best'), then one score on the test split.
 
     With `probability` an SVM head is fitted with the best parameters to give probabilities too
-    (`heads.with_probabilities`). With backend 'dask' the search's fits run on the cluster at `scheduler`; refits
-    run here."""
+    (`heads.with_probabilities`). With `balanced` the head weights each class by the inverse of its train count and
+    the search scores balanced accuracy. With backend 'dask' the search's fits run on the cluster at `scheduler`;
+    refits run here."""
     if head not in heads.HEADS:
         raise UsageError(f"unknown head {head!r}; choose one of {', '.join(heads.HEADS)}")
     if n_jobs == 0:
@@ -176,7 +196,7 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     if search_layers:
         grid = {"layer__layer": search_layers, **grid}
     check_cv(cv, y_train)
-    estimator = build_head(head, cache.layout, start_layer, use_pairwise)
+    estimator = build_head(head, cache.layout, start_layer, use_pairwise, balanced)
     estimator.named_steps["layer"].fit(x_train[:2])  # an unknown --layer fails here, before any search
     if grid_text:
         check_grid_values(estimator, grid, x_train, y_train, grid_text, head)
@@ -186,10 +206,16 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
         why = "--pairwise" if pairwise else (f"{len(y_train)} train samples, above the {heads.EXACT_SVM_MAX_TRAIN} "
                                              "where scikit-learn's SVC takes a minute; --exact forces it")
         log(f"svm: the RBF SVC fitted one class pair at a time on BLAS-computed kernels (PairwiseSVC: {why})")
+    uneven = None if balanced or head not in heads.WEIGHTED_HEADS else imbalance_note(y_train, cache.class_names)
+    if uneven:
+        log(uneven)
     combos = int(np.prod([len(v) for v in grid.values()]))
+    scoring = "balanced_accuracy" if balanced else "accuracy"
     log(f"{head}: GridSearchCV over {dict((short_name(k), v) for k, v in grid.items())}, "
-        f"{cv}-fold on {len(y_train)} train samples x {x_train.shape[1]} features ({combos * cv} fits + 1)")
-    search = GridSearchCV(estimator, grid, cv=folds, n_jobs=n_jobs, error_score="raise", refit=not probability)
+        f"{cv}-fold on {len(y_train)} train samples x {x_train.shape[1]} features ({combos * cv} fits + 1)"
+        + (", classes weighted alike, scored by balanced accuracy" if balanced else ""))
+    search = GridSearchCV(estimator, grid, scoring=scoring, cv=folds, n_jobs=n_jobs, error_score="raise",
+                          refit=not probability)
     started = time.perf_counter()
     with sweep_backend(backend, scheduler, log):
         search.fit(x_train, y_train)
@@ -224,8 +250,9 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
         head=head, cache_file=str(cache.path),
         estimator=" -> ".join(repr(step) for name, step in model.steps if name != "layer"),
         best_params={short_name(k): v for k, v in search.best_params_.items()}, layer=selector.layer,
-        cv_accuracy=float(search.best_score_), cv_scores=cv_scores, layer_scores=layer_scores,
+        scoring=scoring, cv_accuracy=float(search.best_score_), cv_scores=cv_scores, layer_scores=layer_scores,
         test_accuracy=evaluation.accuracy, test_accuracy_interval=evaluation.accuracy_interval,
+        test_balanced_accuracy=evaluation.balanced_accuracy,
         macro_f1=evaluation.macro_f1, test_log_loss=evaluation.log_loss,
         test_calibration_error=evaluation.calibration_error, n_train=len(y_train), n_test=len(y_test),
         feature_dim=int(selector.transform(x_train[:1]).shape[1]), search_seconds=seconds, model_file=str(model_path),

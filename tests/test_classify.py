@@ -546,3 +546,43 @@ def test_duplicates_command_lists_and_pictures_pairs(cache_copy, capsys):
     for threshold in ("0", "1.5"):
         code, _, err = run(main, ["duplicates", str(cache_copy), "--threshold", threshold], capsys)
         assert code == 2 and err.startswith(f"error: --threshold {float(threshold)}: give a cosine similarity")
+
+
+@pytest.mark.parametrize("head", ["logreg", "linearsvm", "svm", "svm --probability"])
+def test_balanced_weighs_uneven_classes_alike_and_chooses_by_balanced_accuracy(head, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5]])  # overlapping classes, one of them rare in train
+    train_labels, test_labels = np.repeat(np.arange(3), [300, 100, 15]), np.repeat(np.arange(3), 100)
+    cache = _synthetic_cache(tmp_path / "uneven.h5", {
+        split: (centres[labels] + rng.normal(size=(len(labels), 2)), labels)
+        for split, labels in (("train", train_labels), ("test", test_labels))}, ["large", "middle", "small"])
+    common = [*head.split(), str(cache), "--cv", "3", "--n-jobs", "1", "--json"]
+    code, out, err = run(main, common, capsys)
+    plain = json.loads(out)
+    assert code == 0 and "the train split's classes are uneven (300 images of large, 15 of small)" in err
+    code, out, err = run(main, [*common, "--balanced"], capsys)
+    weighted = json.loads(out)
+    assert code == 0 and "uneven" not in err and "classes weighted alike, scored by balanced accuracy" in err
+    assert (plain["scoring"], weighted["scoring"]) == ("accuracy", "balanced_accuracy")
+    # the test split has 100 of each: its accuracy is the balanced one, and the rare class no longer gives way
+    assert weighted["test_balanced_accuracy"] == pytest.approx(weighted["test_accuracy"])
+    assert weighted["test_balanced_accuracy"] > plain["test_balanced_accuracy"] + 0.05
+    model, _ = load_model(weighted["model_file"])
+    classifier = model.named_steps["clf"]
+    assert getattr(classifier, "estimator", classifier).class_weight == "balanced"
+
+
+def test_balanced_is_for_heads_with_class_weights_and_is_printed(cache_copy, capsys):
+    from classify.train import train_head
+
+    with pytest.raises(UsageError, match="--balanced weights the classes of svm, linearsvm, logreg; knn has no class"):
+        train_head(cache_copy, "knn", balanced=True, log=lambda m: None)
+    with pytest.raises(SystemExit) as exit_status:
+        main(["knn", str(cache_copy), "--balanced"])
+    assert exit_status.value.code == 2 and "unrecognized arguments: --balanced" in capsys.readouterr().err
+    code, out, err = run(main, ["logreg", str(cache_copy), "--grid", "C=0.01", "--cv", "2", "--n-jobs", "1",
+                                "--balanced"], capsys)
+    assert code == 0 and "(cv balanced accuracy " in out and "test accuracy " in out
+    assert "   balanced accuracy " in out  # printed, though equal, since it chose the parameters
+    code, out, err = run(main, ["logreg", str(cache_copy), "--grid", "C=0.01", "--cv", "2", "--n-jobs", "1"], capsys)
+    assert code == 0 and "(cv accuracy " in out and "balanced accuracy" not in out + err  # 6 images of each class

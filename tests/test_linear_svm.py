@@ -78,6 +78,45 @@ def test_loss_is_liblinear_objective_over_c_n_and_gradient_is_exact():
     assert error < 1e-5 * np.linalg.norm(squared_hinge_loss(params, x, signs, c)[1])
 
 
+def test_a_class_weight_counts_as_copies_of_its_rows(digits):
+    """Weight 3 for a class is its rows three times over: the same minimiser, at the same C (the loss and the
+    penalty are both divided by the number of rows)."""
+    x_train, y_train, x_test, _ = digits
+    weighted = LBFGSLinearSVC(C=0.01, tol=1e-8, class_weight={3: 3.0}).fit(x_train, y_train)
+    threes = np.flatnonzero(y_train == 3)
+    copies = np.concatenate([np.arange(len(y_train)), threes, threes])
+    copied = LBFGSLinearSVC(C=0.01, tol=1e-8).fit(x_train[copies], y_train[copies])
+    np.testing.assert_allclose(weighted.coef_, copied.coef_, atol=1e-4)
+    np.testing.assert_allclose(weighted.intercept_, copied.intercept_, atol=1e-4)
+    plain = LBFGSLinearSVC(C=0.01, tol=1e-8).fit(x_train, y_train)
+    assert np.abs(plain.coef_ - weighted.coef_).max() > 1e-2  # the weight does change the model
+
+
+def test_balanced_weights_lift_a_small_class(digits):
+    x_train, y_train, x_test, y_test = digits
+    keep = (y_train != 3) | (np.arange(len(y_train)) % 20 == 0)  # 5 threes against about 100 of each other digit
+    plain = LBFGSLinearSVC(C=0.001).fit(x_train[keep], y_train[keep])
+    balanced = LBFGSLinearSVC(C=0.001, class_weight="balanced").fit(x_train[keep], y_train[keep])
+    recall = [np.mean(model.predict(x_test[y_test == 3]) == 3) for model in (plain, balanced)]
+    assert recall[1] > recall[0] + 0.2, recall
+
+
+def test_weighted_loss_gradient_is_exact():
+    rng = np.random.default_rng(1)
+    n, d, k, c = 1500, 5, 3, 0.2
+    x, y = rng.standard_normal((n, d)), rng.integers(0, k, n)
+    signs = label_binarize(y, classes=np.arange(k), neg_label=-1).astype(np.float64)
+    row_weights = rng.uniform(0.2, 3.0, n)
+    params = rng.standard_normal(d * k + k) * 0.3
+    weights, intercept = params[: d * k].reshape(d, k), params[d * k:]
+    slack = np.maximum(0, 1 - signs * (x @ weights + intercept))
+    expected = np.sum(row_weights[:, None] * slack ** 2) / n + np.sum(weights ** 2) / (2 * c * n)
+    assert squared_hinge_loss(params, x, signs, c, row_weights)[0] == pytest.approx(expected, rel=1e-10)
+    error = check_grad(lambda p: squared_hinge_loss(p, x, signs, c, row_weights)[0],
+                       lambda p: squared_hinge_loss(p, x, signs, c, row_weights)[1], params)
+    assert error < 1e-5 * np.linalg.norm(squared_hinge_loss(params, x, signs, c, row_weights)[1])
+
+
 @parametrize_with_checks([LBFGSLinearSVC()])
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)

@@ -57,6 +57,20 @@ def test_labels_of_any_type_and_unequal_classes(digits):
     assert np.array_equal(ours.predict(x_test), reference.predict(x_test))
 
 
+@pytest.mark.parametrize("class_weight", ["balanced", {3: 5.0, 8: 0.5}])
+@pytest.mark.parametrize("max_pair_samples", [16_000, 0])
+def test_class_weights_are_svcs(digits, class_weight, max_pair_samples):
+    """Each class's C times its weight in every pair, 'balanced' counted over all the classes: as libsvm does."""
+    x_train, y_train, x_test, _ = digits
+    keep = (y_train != 3) | (np.arange(len(y_train)) % 10 == 0)  # 10 threes against about 100 of each other digit
+    x_train, y_train = x_train[keep], y_train[keep]
+    reference = SVC(C=0.1, class_weight=class_weight).fit(x_train, y_train)
+    ours = PairwiseSVC(C=0.1, class_weight=class_weight, max_pair_samples=max_pair_samples).fit(x_train, y_train)
+    assert np.array_equal(ours.predict(x_test), reference.predict(x_test))
+    # the weights change the model, so the equality above says they are applied as SVC applies them
+    assert not np.array_equal(reference.predict(x_test), SVC(C=0.1).fit(x_train, y_train).predict(x_test))
+
+
 def test_one_class_is_refused(digits):
     x_train, y_train, _, _ = digits
     with pytest.raises(ValueError, match="2 or more classes"):
