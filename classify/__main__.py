@@ -12,7 +12,7 @@ import numpy as np
 
 from classify.cluster import BACKENDS
 from classify.duplicates import DEFAULT_THRESHOLD
-from classify.evaluate import format_confusion
+from classify.evaluate import format_by_confidence, format_confusion
 from classify.feature_map import DEFAULT_SAMPLES
 from classify.heads import CALIBRATED_HEADS, DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS, WEIGHTED_HEADS, format_grid
 from extract.errors import exit_cli
@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model_file", help="a .joblib written by a training command")
     predict.add_argument("images", nargs="+", help="image files, or folders (every image under them)")
     add_device_argument(predict)
+    predict.add_argument("--min-probability", type=float, default=None, metavar="P",
+                         help="print 'unsure' instead of the class where its probability is below P, for a person to "
+                              "look at (the table printed when the head was trained says how many test images pass "
+                              "each P and how many of those are right)")
     predict.add_argument("--skip-bad", action="store_true",
                          help="name unreadable images on stderr and classify the rest (default: stop at the first)")
     feature_map = commands.add_parser("map", help="draw a cache's train features in 2-D by t-SNE, coloured by class",
@@ -172,10 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "predict":
         from classify.predict import predict_images
 
-        for path, label, probability in predict_images(args.model_file, args.images, device=args.device,
-                                                       skip_bad=args.skip_bad,
-                                                       log=lambda message: print(message, file=sys.stderr)):
-            print(f"{path}\t{label}" + ("" if probability is None else f"\t{probability:.3f}"), flush=True)
+        unsure = total = 0
+        for path, label, probability, doubt in predict_images(
+                args.model_file, args.images, device=args.device, skip_bad=args.skip_bad,
+                min_probability=args.min_probability, log=lambda message: print(message, file=sys.stderr)):
+            print(f"{path}\t{'unsure' if doubt else label}" + ("" if probability is None else f"\t{probability:.3f}"),
+                  flush=True)
+            unsure, total = unsure + doubt, total + 1
+        if args.min_probability is not None:
+            print(f"{unsure} of {total} images below probability {args.min_probability:g}: printed as unsure",
+                  file=sys.stderr)
         return 0
 
     cache_file = args.cache_file
@@ -230,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.test_log_loss is not None:
         print(f"probabilities: test log loss {result.test_log_loss:.4f}, calibration error "
               f"{result.test_calibration_error:.4f} (0: the predicted class is right as often as its probability says)")
+        print(format_by_confidence(result.test_by_confidence))
     print()
     print(result.report)
     print(format_confusion(np.asarray(result.confusion), result.class_names))

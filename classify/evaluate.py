@@ -27,6 +27,7 @@ class Evaluation:
     confusion: np.ndarray
     log_loss: float | None = None  # of the probabilities, where the head gives them
     calibration_error: float | None = None
+    by_confidence: list[dict] | None = None  # accuracy_by_confidence's table
 
 
 def accuracy_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -50,6 +51,23 @@ def calibration_error(probabilities: np.ndarray, y_true: np.ndarray, y_pred: np.
                      for b in np.unique(binned)))
 
 
+CONFIDENCE_THRESHOLDS = (0.5, 0.7, 0.9, 0.95, 0.99)
+
+
+def accuracy_by_confidence(probabilities: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
+                           thresholds: tuple[float, ...] = CONFIDENCE_THRESHOLDS) -> list[dict]:
+    """Per threshold, the share of images whose predicted class has at least that probability and the accuracy on
+    them: what acting on the confident predictions alone, and sending the rest to a person, would give."""
+    confidence = probabilities[np.arange(len(y_pred)), y_pred]
+    right = y_true == y_pred
+    table = []
+    for threshold in thresholds:
+        kept = confidence >= threshold
+        table.append({"min_probability": threshold, "share": float(kept.mean()),
+                      "accuracy": float(right[kept].mean()) if kept.any() else None})
+    return table
+
+
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str],
              probabilities: np.ndarray | None = None) -> Evaluation:
     """`probabilities`, where given: (n, n_classes), a column per class of `class_names`."""
@@ -67,10 +85,23 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str],
         confusion=confusion_matrix(y_true, y_pred, labels=labels),
         log_loss=None if probabilities is None else float(log_loss(y_true, probabilities, labels=labels)),
         calibration_error=None if probabilities is None else calibration_error(probabilities, y_true, y_pred),
+        by_confidence=None if probabilities is None else accuracy_by_confidence(probabilities, y_true, y_pred),
     )
 
 
 MATRIX_MAX_CLASSES = 20
+
+
+def format_by_confidence(table: list[dict]) -> str:
+    """accuracy_by_confidence's table as three aligned rows, for choosing `predict --min-probability`."""
+    def cells(texts) -> str:
+        return "".join(f"{text:>9}" for text in texts)
+
+    return "\n".join([
+        "predicted class's probability " + cells(f">= {row['min_probability']:g}" for row in table),
+        "share of the test images      " + cells(f"{row['share']:.1%}" for row in table),
+        "right among them              " + cells("-" if row["accuracy"] is None else f"{row['accuracy']:.1%}"
+                                                 for row in table)])
 
 
 def format_confusion(confusion: np.ndarray, class_names: list[str], pairs: int = 10) -> str:

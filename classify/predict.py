@@ -34,19 +34,24 @@ def image_files(paths: list[str]) -> list[str]:
 
 class Prediction(NamedTuple):
     """One image's predicted class; `probability` is the head's probability of that class, None for heads that give
-    none (the SVMs trained without --probability: their decision values are not probabilities)."""
+    none (the SVMs trained without --probability: their decision values are not probabilities). `unsure`: the
+    probability is below the `min_probability` asked for, so the prediction is best left to a person."""
 
     path: str
     label: str
     probability: float | None
+    unsure: bool = False
 
 
 def predict_images(model_path: str | Path, paths: list[str], device: str = "auto", batch_size: int = 32,
-                   skip_bad: bool = False, log: Callable[[str], None] = print) -> Iterator[Prediction]:
+                   skip_bad: bool = False, min_probability: float | None = None,
+                   log: Callable[[str], None] = print) -> Iterator[Prediction]:
     """A Prediction for each image, in order, a batch at a time (memory stays flat however many
     images there are); folders stand for the images under them. An unreadable image stops the run, or with
-    `skip_bad` is named through `log` and left out, as `extract --skip-bad` does."""
+    `skip_bad` is named through `log` and left out, as `extract --skip-bad` does. With `min_probability`, a
+    prediction whose probability is below it is marked unsure."""
     model, metadata = load_model(model_path)
+    check_min_probability(min_probability, model, model_path)
     source = metadata["provenance"]
     files = image_files(paths)
     backbone = create_backbone(source["backbone"], source["weights"], int(source["image_size"]))
@@ -72,7 +77,20 @@ def predict_images(model_path: str | Path, paths: list[str], device: str = "auto
                                      "unreadable images out") from None
                 log(f"skipped unreadable: {error}")
         if images:
-            yield from _predict_batch(model, extractor.images(images), batch, names)
+            for prediction in _predict_batch(model, extractor.images(images), batch, names):
+                unsure = min_probability is not None and prediction.probability < min_probability
+                yield prediction._replace(unsure=unsure)
+
+
+def check_min_probability(min_probability: float | None, model, model_path: str | Path) -> None:
+    if min_probability is None:
+        return
+    if not 0 < min_probability <= 1:
+        raise UsageError(f"--min-probability must be above 0 and at most 1, not {min_probability:g}; the table "
+                         "the head printed when it was trained gives the accuracy at 0.5 to 0.99")
+    if not hasattr(model, "predict_proba"):
+        raise UsageError(f"--min-probability needs probabilities, which {Path(model_path).name} does not give; "
+                         "train logreg or knn, or an SVM with --probability")
 
 
 def _predict_batch(model, features: np.ndarray, paths: list[str], names: list[str]) -> Iterator[Prediction]:

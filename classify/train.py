@@ -39,6 +39,7 @@ class TrainResult:
     macro_f1: float
     test_log_loss: float | None  # for heads that give probabilities (logreg, knn, the SVMs with --probability)
     test_calibration_error: float | None
+    test_by_confidence: list[dict] | None  # share of test images and accuracy at each minimum probability
     n_train: int
     n_test: int
     feature_dim: int
@@ -254,7 +255,8 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
         test_accuracy=evaluation.accuracy, test_accuracy_interval=evaluation.accuracy_interval,
         test_balanced_accuracy=evaluation.balanced_accuracy,
         macro_f1=evaluation.macro_f1, test_log_loss=evaluation.log_loss,
-        test_calibration_error=evaluation.calibration_error, n_train=len(y_train), n_test=len(y_test),
+        test_calibration_error=evaluation.calibration_error, test_by_confidence=evaluation.by_confidence,
+        n_train=len(y_train), n_test=len(y_test),
         feature_dim=int(selector.transform(x_train[:1]).shape[1]), search_seconds=seconds, model_file=str(model_path),
         confusion_png=str(png), predictions_csv=str(predictions), mistakes_png=str(mistakes) if mistakes else None,
         n_wrong=int(np.sum(y_pred != y_test)), class_names=cache.class_names, report=evaluation.report,

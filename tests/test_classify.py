@@ -61,6 +61,25 @@ def test_predict_new_images_uses_the_recorded_backbone(trained, cache_copy, samp
     assert [float(p) for _, _, p in lines] == pytest.approx(probabilities[range(3), columns], abs=5e-4)
 
 
+def test_predict_marks_unsure_the_images_below_min_probability(trained, cache_copy, sample_dir, capsys):
+    features, _, ids = open_cache(cache_copy).load("test")
+    model, metadata = load_model(trained.model_file)
+    picked = list(range(8))
+    probability = model.predict_proba(features[picked]).max(axis=1)
+    threshold = float(np.median(probability))
+    paths = [str(sample_dir / ids[i]) for i in picked]
+    code, out, err = run(main, ["predict", trained.model_file, *paths, "--min-probability", f"{threshold}"], capsys)
+    assert code == 0
+    lines = [line.split("\t") for line in out.strip().splitlines()]
+    expected = ["unsure" if p < threshold else metadata["class_names"][int(label)]
+                for p, label in zip(probability, model.predict(features[picked]), strict=True)]
+    assert [label for _, label, _ in lines] == expected and 0 < expected.count("unsure") < 8
+    assert f"{expected.count('unsure')} of 8 images below probability {threshold:g}: printed as unsure" in err
+    for value, message in (("0", "must be above 0 and at most 1, not 0"), ("1.5", "not 1.5")):
+        code, out, err = run(main, ["predict", trained.model_file, paths[0], "--min-probability", value], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1 and out == ""
+
+
 def test_predict_prints_no_probability_for_an_svm(cache_copy, sample_dir, capsys):
     from classify.train import train_head
 
@@ -71,6 +90,9 @@ def test_predict_prints_no_probability_for_an_svm(cache_copy, sample_dir, capsys
                 for i, label in zip((0, 1), model.predict(features[:2]), strict=True)]
     code, out, _ = run(main, ["predict", svm.model_file, *(str(sample_dir / ids[i]) for i in (0, 1))], capsys)
     assert code == 0 and out.strip().splitlines() == expected
+    code, out, err = run(main, ["predict", svm.model_file, str(sample_dir / ids[0]), "--min-probability", "0.9"],
+                         capsys)
+    assert code == 2 and "--min-probability needs probabilities, which" in err and "--probability" in err
 
 
 @pytest.mark.parametrize("head, grid", [("svm", "C=10"), ("linearsvm", "C=0.001")])
@@ -382,6 +404,21 @@ def test_calibration_error_is_how_far_the_probability_is_from_how_often_it_is_ri
     assert calibration_error(says, y_true, y_pred) == pytest.approx(0.35)
 
 
+def test_accuracy_by_confidence_is_share_and_accuracy_at_or_above_each_probability():
+    from classify.evaluate import accuracy_by_confidence, format_by_confidence
+
+    confidence = np.array([0.4, 0.55, 0.6, 0.75, 0.9, 0.92, 0.97, 0.99])
+    probabilities = np.stack([confidence, 1 - confidence], axis=1)
+    y_pred = np.zeros(8, dtype=int)
+    y_true = np.array([1, 1, 0, 0, 1, 0, 0, 0])  # wrong at 0.4, 0.55 and 0.9
+    table = accuracy_by_confidence(probabilities, y_true, y_pred, thresholds=(0.5, 0.9, 0.95, 0.995))
+    assert table == [{"min_probability": 0.5, "share": 7 / 8, "accuracy": 5 / 7},
+                     {"min_probability": 0.9, "share": 4 / 8, "accuracy": 3 / 4},
+                     {"min_probability": 0.95, "share": 2 / 8, "accuracy": 1.0},
+                     {"min_probability": 0.995, "share": 0.0, "accuracy": None}]
+    assert format_by_confidence(table).splitlines()[2].split()[-5:] == ["them", "71.4%", "75.0%", "100.0%", "-"]
+
+
 def test_heads_with_probabilities_report_their_test_log_loss(cache_copy, capsys):
     from sklearn.metrics import log_loss
 
@@ -401,6 +438,13 @@ def test_heads_with_probabilities_report_their_test_log_loss(cache_copy, capsys)
     assert code == 0 and json.loads(out)["test_log_loss"] is None  # an SVM without --probability gives none
     code, out, _ = run(main, ["logreg", str(cache_copy), "--grid", "C=0.01", "--cv", "2", "--n-jobs", "1"], capsys)
     assert code == 0 and "probabilities: test log loss " in out
+    assert "predicted class's probability    >= 0.5   >= 0.7   >= 0.9  >= 0.95  >= 0.99" in out
+    # the table from the saved model's own probabilities of the test images
+    model, metadata = load_model(cache_copy.with_suffix(".logreg.joblib"))
+    table = metadata["test_by_confidence"]
+    confidence = model.predict_proba(features).max(axis=1)
+    assert [row["share"] for row in table] == pytest.approx(
+        [np.mean(confidence >= row["min_probability"]) for row in table])
 
 
 def test_every_test_prediction_is_written_and_the_wrong_images_pictured(cache_copy, sample_dir, tmp_path):
