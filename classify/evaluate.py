@@ -89,9 +89,6 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str],
     )
 
 
-MATRIX_MAX_CLASSES = 20
-
-
 def format_by_confidence(table: list[dict]) -> str:
     """accuracy_by_confidence's table as three aligned rows, for choosing `predict --min-probability`."""
     def cells(texts) -> str:
@@ -102,6 +99,9 @@ def format_by_confidence(table: list[dict]) -> str:
         "share of the test images      " + cells(f"{row['share']:.1%}" for row in table),
         "right among them              " + cells("-" if row["accuracy"] is None else f"{row['accuracy']:.1%}"
                                                  for row in table)])
+
+
+MATRIX_MAX_CLASSES = 20
 
 
 def format_confusion(confusion: np.ndarray, class_names: list[str], pairs: int = 10) -> str:

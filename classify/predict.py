@@ -94,13 +94,14 @@ def check_min_probability(min_probability: float | None, model, model_path: str 
 
 
 def _predict_batch(model, features: np.ndarray, paths: list[str], names: list[str]) -> Iterator[Prediction]:
-    """The head's own predict() for the labels (the predictions it was scored on), and the probability it gives each
-    of them where it has predict_proba."""
-    labels = model.predict(features)
-    probabilities = [None] * len(labels)
+    """Where the head gives probabilities, its most probable class with that probability (one pass; what it was
+    scored on, classify/train.py); else its predict()."""
     if hasattr(model, "predict_proba"):
         table = model.predict_proba(features)
-        columns = np.searchsorted(model.classes_, labels)
-        probabilities = [float(p) for p in table[np.arange(len(labels)), columns]]
+        columns = table.argmax(axis=1)
+        labels, probabilities = model.classes_[columns], [float(p) for p in table[np.arange(len(table)), columns]]
+    else:
+        labels = model.predict(features)
+        probabilities = [None] * len(labels)
     for path, label, probability in zip(paths, labels, probabilities, strict=True):
         yield Prediction(path, names[int(label)], probability)

@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from classify.heads import build_head
+from classify.train import IMBALANCE_NOTE_RATIO
 from extract.backbones import DEFAULT_BACKBONE
 from extract.datasets import resolve_dataset
 from extract.errors import UsageError
@@ -64,11 +65,11 @@ class Advice:
 
 
 def measure_size(dataset: str, data_root: str = "data", limit_per_class: int | None = None) -> dict:
-    """Train images in all, per class, and in the smallest class (which decides)."""
+    """Train images in all, per class, in the smallest class (which decides) and in the largest."""
     resolved = resolve_dataset(dataset, data_root, limit_per_class)
     counts = np.bincount(resolved.splits["train"].labels, minlength=len(resolved.class_names))
     return {"train_images": int(counts.sum()), "classes": len(counts), "smallest_class": int(counts.min()),
-            "class_names": resolved.class_names}
+            "largest_class": int(counts.max()), "class_names": resolved.class_names}
 
 
 def probe_layers(features: np.ndarray, labels: np.ndarray, layout: dict, cv: int) -> dict[str, float]:
@@ -164,6 +165,9 @@ def format_advice(advice: Advice) -> str:
         f"{advice.dataset} with {advice.backbone}",
         f"  size: {s['train_images']} train images, {s['classes']} classes, smallest class {s['smallest_class']} "
         f"-> {advice.size} (large from {t['large_per_class']} per class)",
+        *([f"  uneven: the largest class has {s['largest_class']} train images; where the small classes matter as "
+           "much as the large, train the frozen heads with --balanced (python -m classify logreg --balanced)"]
+          if s["largest_class"] >= IMBALANCE_NOTE_RATIO * s["smallest_class"] else []),
         f"  ImageNet confidence (mean top-1 probability over 1000 classes, {s['probe_images']} probe images): "
         f"{s['imagenet_confidence']:.3f} ({_verdict(s['imagenet_confidence'], t['min_imagenet_confidence'])}); "
         f"normalised entropy {s['imagenet_entropy']:.3f}",

@@ -54,6 +54,23 @@ def test_size_alone_moves_a_dataset_to_the_large_quadrant(sample_dir, advice_cac
     assert advice["command"].endswith("--strategies partial --limit-per-class 10")
 
 
+def test_uneven_classes_are_named_with_what_to_do(sample_dir, advice_cache, capsys, tmp_path):
+    uneven = tmp_path / "uneven"
+    for split in ("train", "test"):
+        for folder in sorted((sample_dir / split).iterdir()):
+            keep = sorted(folder.iterdir())[:4 if (split, folder.name) == ("train", "truck") else None]
+            (uneven / split / folder.name).mkdir(parents=True)
+            for image in keep:
+                (uneven / split / folder.name / image.name).symlink_to(image)
+    code, out, err = run(main, ["advise", str(uneven), "--cache-dir", str(advice_cache), *PROBE], capsys)
+    assert code == 0, err
+    assert "smallest class 4 " in out and "uneven: the largest class has 30 train images" in out
+    assert "python -m classify logreg --balanced" in out
+    code, out, _ = run(main, ["advise", str(sample_dir), "--cache-dir", str(advice_cache), *PROBE,
+                              "--limit-per-class", "10"], capsys)  # the first test's probe, from the cache
+    assert code == 0 and "uneven" not in out
+
+
 def test_bad_probe_size_is_one_line_and_exit_2(sample_dir, tmp_path, capsys):
     code, _, err = run(main, ["advise", str(sample_dir), "--probe-per-class", "1", "--cache-dir", str(tmp_path)],
                        capsys)
