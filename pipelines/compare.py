@@ -57,7 +57,8 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
     features, _, _ = cache.load("test")
     return {"strategy": strategy, "test_accuracy": best.test_accuracy,
             "test_accuracy_interval": best.test_accuracy_interval, "macro_f1": best.macro_f1,
-            "seconds": time.perf_counter() - started, "trainable_params": fitted_parameter_count(model),
+            "test_log_loss": best.test_log_loss, "seconds": time.perf_counter() - started,
+            "trainable_params": fitted_parameter_count(model),
             "images_per_second": float(cache.attrs.get("images_per_second", 0.0)),
             "detail": f"{best.head} on {best.layer} {best.best_params}, cv accuracy {best.cv_accuracy:.4f}",
             "test_predictions": model.predict(features).tolist(), "cache_file": str(extracted.path)}
@@ -79,7 +80,8 @@ def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: 
         histories[strategy] = result.history
         rows.append({"strategy": strategy, "test_accuracy": result.test_accuracy,
                      "test_accuracy_interval": result.test_accuracy_interval, "macro_f1": result.macro_f1,
-                     "seconds": result.seconds, "trainable_params": result.trainable_params,
+                     "test_log_loss": result.test_log_loss, "seconds": result.seconds,
+                     "trainable_params": result.trainable_params,
                      "images_per_second": result.train_images_per_second,
                      "detail": f"best epoch {result.best_epoch} of {result.epochs_run}",
                      "test_predictions": result.test_predictions})

@@ -109,6 +109,9 @@ def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
     assert "| frozen |" in report and "| frozen-layers |" in report and "| head |" in report
     low, high = rows[0]["test_accuracy_interval"]
     assert "| 95% interval |" in report and f"| {low:.3f}-{high:.3f} |" in report
+    # the log loss of the strategies with probabilities: logreg on the chosen layer, and the fine-tuned softmax
+    assert "| log loss |" in report and rows[2]["test_log_loss"] > 0
+    assert all(f"| {r['test_log_loss']:.4f} |" in report for r in rows[1:])
     for png in ("val_curves.png", "test_accuracy.png", "samples.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"({png})" in report
 
