@@ -16,7 +16,7 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
-from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import check_is_fitted
 
 from classify.pairwise_svm import class_pairs
@@ -43,9 +43,7 @@ class CoupledSVC(ClassifierMixin, BaseEstimator):
         self.classes_ = self.estimator_.classes_
         labels = np.searchsorted(self.classes_, y)
         held_out = _first_class_positive(held_out)
-        weights = getattr(svm, "class_weight", None)
-        row_weights = (np.ones(len(y)) if weights is None
-                       else compute_class_weight(weights, classes=self.classes_, y=y)[labels])
+        row_weights = compute_sample_weight(getattr(svm, "class_weight", None), y)  # ones without class weights
         sigmoids = []
         for pair, (a, b) in enumerate(class_pairs(len(self.classes_))):
             rows = (labels == a) | (labels == b)

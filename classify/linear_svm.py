@@ -20,7 +20,7 @@ from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import label_binarize
-from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import ThreadpoolController
@@ -85,8 +85,8 @@ class LBFGSLinearSVC(ClassifierMixin, BaseEstimator):
             raise ValueError(f"LBFGSLinearSVC needs samples of at least 2 classes; got 1 class ({self.classes_[0]!r})")
         # +1 where a row is of the class, -1 elsewhere; for two classes one column, the second class's
         signs = label_binarize(y, classes=self.classes_, neg_label=-1).astype(X.dtype)
-        row_weights = None if self.class_weight is None else compute_class_weight(
-            self.class_weight, classes=self.classes_, y=y)[np.searchsorted(self.classes_, y)].astype(X.dtype)
+        row_weights = (None if self.class_weight is None
+                       else compute_sample_weight(self.class_weight, y).astype(X.dtype))
         d, k = X.shape[1], signs.shape[1]
         blas = ThreadpoolController().select(user_api="blas")
         threads = max((pool["num_threads"] for pool in blas.info()), default=1)

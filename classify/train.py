@@ -108,13 +108,18 @@ def check_cv(cv: int, labels: np.ndarray) -> None:
 IMBALANCE_NOTE_RATIO = 3  # largest over smallest train class at which a head without --balanced says so
 
 
+def classes_uneven(largest: int, smallest: int) -> bool:
+    """Train class sizes far enough apart that a head fitted for accuracy gives the small classes up."""
+    return largest >= IMBALANCE_NOTE_RATIO * smallest
+
+
 def imbalance_note(labels: np.ndarray, class_names: list[str]) -> str | None:
     """Where the largest train class has IMBALANCE_NOTE_RATIO times the images of the smallest, a head fitted for
     accuracy gives the small classes up (bench/imbalanced.py): say so, and what --balanced does."""
     counts = np.bincount(labels, minlength=len(class_names))
     present = np.flatnonzero(counts)
     large, small = present[counts[present].argmax()], present[counts[present].argmin()]
-    if counts[large] < IMBALANCE_NOTE_RATIO * counts[small]:
+    if not classes_uneven(counts[large], counts[small]):
         return None
     return (f"note: the train split's classes are uneven ({counts[large]} images of {class_names[large]}, "
             f"{counts[small]} of {class_names[small]}), and a head fitted for accuracy favours the large ones; "

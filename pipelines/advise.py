@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from classify.heads import build_head
-from classify.train import IMBALANCE_NOTE_RATIO
+from classify.train import classes_uneven
 from extract.backbones import DEFAULT_BACKBONE
 from extract.datasets import resolve_dataset
 from extract.errors import UsageError
@@ -167,7 +167,7 @@ def format_advice(advice: Advice) -> str:
         f"-> {advice.size} (large from {t['large_per_class']} per class)",
         *([f"  uneven: the largest class has {s['largest_class']} train images; where the small classes matter as "
            "much as the large, train the frozen heads with --balanced (python -m classify logreg --balanced)"]
-          if s["largest_class"] >= IMBALANCE_NOTE_RATIO * s["smallest_class"] else []),
+          if classes_uneven(s["largest_class"], s["smallest_class"]) else []),
         f"  ImageNet confidence (mean top-1 probability over 1000 classes, {s['probe_images']} probe images): "
         f"{s['imagenet_confidence']:.3f} ({_verdict(s['imagenet_confidence'], t['min_imagenet_confidence'])}); "
         f"normalised entropy {s['imagenet_entropy']:.3f}",

@@ -116,14 +116,19 @@ def test_an_svm_trained_with_probability_predicts_its_most_probable_class_and_pr
     assert [float(p) for _, _, p in lines] == pytest.approx(probabilities[:2].max(axis=1), abs=5e-4)
 
 
-def test_probability_is_for_the_svms_the_others_have_their_own(cache_copy, capsys):
+@pytest.mark.parametrize("option, head, message", [
+    ("probability", "logreg", "--probability calibrates the SVMs .*logreg gives probabilities of its own"),
+    ("balanced", "knn", "--balanced weights the classes of svm, linearsvm, logreg; knn has no class"),
+])
+def test_an_option_for_other_heads_is_refused(option, head, message, cache_copy, capsys):
+    """From Python a one-line UsageError; on the command line knn does not have the option at all."""
     from classify.train import train_head
 
-    with pytest.raises(UsageError, match="--probability calibrates the SVMs .*logreg gives probabilities of its own"):
-        train_head(cache_copy, "logreg", probability=True, log=lambda m: None)
+    with pytest.raises(UsageError, match=message):
+        train_head(cache_copy, head, **{option: True}, log=lambda m: None)
     with pytest.raises(SystemExit) as exit_status:
-        main(["knn", str(cache_copy), "--probability"])
-    assert exit_status.value.code == 2 and "unrecognized arguments: --probability" in capsys.readouterr().err
+        main(["knn", str(cache_copy), f"--{option}"])
+    assert exit_status.value.code == 2 and f"unrecognized arguments: --{option}" in capsys.readouterr().err
 
 
 def test_predict_takes_folders_and_checks_every_path_first(trained, cache_copy, sample_dir, tmp_path, capsys):
@@ -616,14 +621,7 @@ def test_balanced_weighs_uneven_classes_alike_and_chooses_by_balanced_accuracy(h
     assert getattr(classifier, "estimator", classifier).class_weight == "balanced"
 
 
-def test_balanced_is_for_heads_with_class_weights_and_is_printed(cache_copy, capsys):
-    from classify.train import train_head
-
-    with pytest.raises(UsageError, match="--balanced weights the classes of svm, linearsvm, logreg; knn has no class"):
-        train_head(cache_copy, "knn", balanced=True, log=lambda m: None)
-    with pytest.raises(SystemExit) as exit_status:
-        main(["knn", str(cache_copy), "--balanced"])
-    assert exit_status.value.code == 2 and "unrecognized arguments: --balanced" in capsys.readouterr().err
+def test_balanced_accuracy_is_printed_where_it_chose_the_parameters(cache_copy, capsys):
     code, out, err = run(main, ["logreg", str(cache_copy), "--grid", "C=0.01", "--cv", "2", "--n-jobs", "1",
                                 "--balanced"], capsys)
     assert code == 0 and "(cv balanced accuracy " in out and "test accuracy " in out
