@@ -35,11 +35,11 @@ def tail_counts(largest: int, ratio: float, classes: int) -> list[int]:
     return [int(round(largest * ratio ** (-k / (classes - 1)))) for k in range(classes)]
 
 
-def link_dataset(folder: Path, ratio: float) -> list[int]:
+def link_dataset(folder: Path, ratio: float, largest: int = 5000) -> list[int]:
     """Train links per class down to the long tail's counts (each class's files in name order, so a larger ratio
     keeps a subset of a smaller one's); test links to every test image."""
     classes = sorted(p.name for p in (CIFAR / "train").iterdir() if p.is_dir())
-    counts = tail_counts(5000, ratio, len(classes))
+    counts = tail_counts(largest, ratio, len(classes))
     for split in ("train", "test"):
         for k, name in enumerate(classes):
             target = folder / split / name

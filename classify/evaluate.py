@@ -68,6 +68,12 @@ def accuracy_by_confidence(probabilities: np.ndarray, y_true: np.ndarray, y_pred
     return table
 
 
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The mean of the classes' recalls: scikit-learn's balanced_accuracy_score, without its warning when a class is
+    predicted that has no true image."""
+    return float(recall_score(y_true, y_pred, labels=np.unique(y_true), average="macro"))
+
+
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str],
              probabilities: np.ndarray | None = None) -> Evaluation:
     """`probabilities`, where given: (n, n_classes), a column per class of `class_names`."""
@@ -77,8 +83,7 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str],
     return Evaluation(
         accuracy=float(accuracy_score(y_true, y_pred)),
         accuracy_interval=accuracy_interval(int(np.sum(y_true == y_pred)), len(y_true)),
-        # scikit-learn's balanced_accuracy_score, without its warning when a class is predicted but has no test image
-        balanced_accuracy=float(recall_score(y_true, y_pred, labels=np.unique(y_true), average="macro")),
+        balanced_accuracy=balanced_accuracy(y_true, y_pred),
         macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         report=classification_report(y_true, y_pred, labels=labels, target_names=class_names, digits=3,
                                      zero_division=0),

@@ -66,7 +66,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-epochs", type=float, default=1.0,
                         help="linear learning-rate warm-up, in epochs (default 1; fractions allowed; 0: none)")
     parser.add_argument("--patience", type=int, default=3,
-                        help="stop after this many epochs without a better validation accuracy (default 3)")
+                        help="stop after this many epochs without a better validation accuracy (balanced accuracy "
+                             "with --balanced; default 3)")
+    parser.add_argument("--balanced", action="store_true",
+                        help="for uneven classes: weight each class by the inverse of its train count in the loss "
+                             "(and in the frozen heads), choose checkpoints and heads by balanced accuracy (the mean "
+                             "of the classes' recalls)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="of the train split, for early stopping")
     parser.add_argument("--seed", type=int, default=0,
                         help="for the validation split, initialisation and shuffling (default 0)")
@@ -143,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             if world().is_main:
                 summary = {k: v for k, v in result.to_dict().items() if k not in ("history", "test_predictions")}
                 print(json.dumps(summary) if args.json else
-                      f"{result.strategy}: test accuracy {result.test_accuracy:.4f}, macro-F1 "
+                      f"{result.strategy}: test accuracy {result.test_accuracy:.4f}, balanced accuracy "
+                      f"{result.test_balanced_accuracy:.4f}, macro-F1 "
                       f"{result.macro_f1:.4f}, best epoch {result.best_epoch}/{result.epochs_run}; run folder "
                       f"{result.out}")
         finally:

@@ -166,7 +166,8 @@ def format_advice(advice: Advice) -> str:
         f"  size: {s['train_images']} train images, {s['classes']} classes, smallest class {s['smallest_class']} "
         f"-> {advice.size} (large from {t['large_per_class']} per class)",
         *([f"  uneven: the largest class has {s['largest_class']} train images; where the small classes matter as "
-           "much as the large, train the frozen heads with --balanced (python -m classify logreg --balanced)"]
+           "much as the large, add --balanced (python -m classify logreg --balanced, python -m pipelines compare "
+           "... --balanced)"]
           if classes_uneven(s["largest_class"], s["smallest_class"]) else []),
         f"  ImageNet confidence (mean top-1 probability over 1000 classes, {s['probe_images']} probe images): "
         f"{s['imagenet_confidence']:.3f} ({_verdict(s['imagenet_confidence'], t['min_imagenet_confidence'])}); "

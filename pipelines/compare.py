@@ -50,17 +50,20 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
     cache = open_cache(extracted.path)
     smallest = int(np.bincount(cache.load("train")[1]).min())
     layer = "best" if strategy == "frozen-layers" else None
-    results = [train_head(extracted.path, head, cv=min(3, smallest), n_jobs=1, layer=layer, log=log)
-               for head in FROZEN_HEADS[strategy]]
-    best = max(results, key=lambda r: r.cv_accuracy)  # chosen by cross-validation, never by the test split
+    results = [train_head(extracted.path, head, cv=min(3, smallest), n_jobs=1, layer=layer, log=log,
+                          balanced=config.balanced) for head in FROZEN_HEADS[strategy]]
+    # chosen by cross-validation (balanced accuracy with --balanced), never by the test split
+    best = max(results, key=lambda r: r.cv_accuracy)
     model, _ = load_model(best.model_file)
     features, _, _ = cache.load("test")
     return {"strategy": strategy, "test_accuracy": best.test_accuracy,
-            "test_accuracy_interval": best.test_accuracy_interval, "macro_f1": best.macro_f1,
+            "test_accuracy_interval": best.test_accuracy_interval,
+            "test_balanced_accuracy": best.test_balanced_accuracy, "macro_f1": best.macro_f1,
             "test_log_loss": best.test_log_loss, "seconds": time.perf_counter() - started,
             "trainable_params": fitted_parameter_count(model),
             "images_per_second": float(cache.attrs.get("images_per_second", 0.0)),
-            "detail": f"{best.head} on {best.layer} {best.best_params}, cv accuracy {best.cv_accuracy:.4f}",
+            "detail": f"{best.head} on {best.layer} {best.best_params}, cv {best.scoring.replace('_', ' ')} "
+                      f"{best.cv_accuracy:.4f}",
             "test_predictions": model.predict(features).tolist(), "cache_file": str(extracted.path)}
 
 
@@ -79,7 +82,8 @@ def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: 
                           log=log, dataset=dataset)
         histories[strategy] = result.history
         rows.append({"strategy": strategy, "test_accuracy": result.test_accuracy,
-                     "test_accuracy_interval": result.test_accuracy_interval, "macro_f1": result.macro_f1,
+                     "test_accuracy_interval": result.test_accuracy_interval,
+                     "test_balanced_accuracy": result.test_balanced_accuracy, "macro_f1": result.macro_f1,
                      "test_log_loss": result.test_log_loss, "seconds": result.seconds,
                      "trainable_params": result.trainable_params,
                      "images_per_second": result.train_images_per_second,
@@ -107,7 +111,9 @@ def write_report(rows: list[dict], histories: dict, dataset: Dataset, config: Fi
     setup = (f"{config.backbone} on {dataset.name}: {len(dataset.splits['train'])} train / {len(test)} test images"
              f"{f', {config.limit_per_class} per class' if config.limit_per_class else ''}, "
              f"input {config.image_size or 'default'} px, up to {config.epochs} epochs (patience {config.patience}), "
-             f"{config.optimizer} lr {config.base_lr} (head x{config.head_lr_mult}), {config.schedule} schedule.")
+             f"{config.optimizer} lr {config.base_lr} (head x{config.head_lr_mult}), {config.schedule} schedule"
+             + ("; --balanced: classes weighted by the inverse of their train count in every loss, heads and "
+                "checkpoints chosen by balanced accuracy." if config.balanced else "."))
     body = [f"# Frozen features vs fine-tuning: {config.backbone} on {dataset.name}", "", setup, "", table, "",
             "Frozen: features extracted once (through the feature cache) and the head chosen among "
             f"{', '.join(FROZEN_HEADS['frozen'])} by cross-validation on the train split (frozen-layers: logistic "

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data import Dataset as TorchDataset
 from tqdm import tqdm
 
-from classify.evaluate import evaluate
+from classify.evaluate import balanced_accuracy, evaluate
 from classify.mistakes import save_test_predictions
 from extract.backbones import DEFAULT_BACKBONE, Preprocess, block_names, create_backbone, replace_classifier
 from extract.datasets import BadImageError, Dataset, Split, copies_warning, resolve_dataset
@@ -69,6 +69,7 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
+    balanced: bool = False  # classes weighted by the inverse of their train count; checkpoints by balanced accuracy
     workers: int | None = None
     out: str = "runs/finetune"
 
@@ -84,8 +85,8 @@ class FinetuneConfig:
             (self.head_lr_mult > 0, f"--head-lr-mult must be positive, not {self.head_lr_mult}"),
             (self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, not {self.warmup_epochs}"),
-            (self.patience >= 1, f"--patience must be 1 or more (epochs without a better validation accuracy "
-                                 f"before stopping), not {self.patience}"),
+            (self.patience >= 1, f"--patience must be 1 or more (epochs without a better validation score before "
+                                 f"stopping), not {self.patience}"),
             (self.precision in ("fp32", "bf16", "fp16"), "--precision must be fp32, bf16 or fp16"),
             (self.unfreeze_from is None or self.mode == "partial", "--unfreeze-from goes with --mode partial"),
         ]
@@ -98,12 +99,18 @@ class FinetuneConfig:
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
+    @property
+    def validation_score(self) -> str:
+        """What picks the best checkpoint and stops early: a key of the history's rows."""
+        return "val_balanced_accuracy" if self.balanced else "val_accuracy"
+
 
 @dataclass
 class FinetuneResult:
     strategy: str
     test_accuracy: float
     test_accuracy_interval: tuple[float, float]  # 95% Wilson interval (classify/evaluate.py)
+    test_balanced_accuracy: float  # the mean of the classes' recalls
     macro_f1: float
     test_log_loss: float  # of the softmax probabilities (classify/evaluate.py)
     test_calibration_error: float
@@ -194,6 +201,17 @@ def build_schedule(optimizer: torch.optim.Optimizer, config: FinetuneConfig, ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Each class's loss weight: the inverse of its train count, scaled as scikit-learn's class_weight='balanced'
+    (a class without train images keeps weight 1; it never appears in the loss)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    weights = np.ones(n_classes)
+    present = np.unique(labels)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 # ---- data -------------------------------------------------------------------------------------------------
 
 
@@ -256,7 +274,11 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
         raise UsageError("every class needs at least 2 training images to carve a validation split")
     n_val = max(int(round(fraction * len(labels))), int((counts > 0).sum()))
     train, val = train_test_split(indices, test_size=n_val, stratify=labels, random_state=seed)
-    return np.sort(train), np.sort(val)
+    # a small class that the proportions leave out of validation gives one image, so that its recall counts in
+    # the validation balanced accuracy (--balanced) and its mistakes in the validation accuracy
+    missing = np.setdiff1d(np.flatnonzero(counts), labels[val])
+    moved = np.array([train[labels[train] == label][0] for label in missing], dtype=train.dtype)
+    return np.sort(np.setdiff1d(train, moved)), np.sort(np.concatenate([val, moved]))
 
 
 def _loader(dataset: TorchDataset, config: FinetuneConfig, shuffle: bool, device: torch.device,
@@ -292,7 +314,8 @@ def _comparable(config: FinetuneConfig) -> dict:
 
 
 class _Trainer:
-    def __init__(self, model: nn.Module, preprocess: Preprocess, device: torch.device, precision: str, ranks: World):
+    def __init__(self, model: nn.Module, preprocess: Preprocess, device: torch.device, precision: str, ranks: World,
+                 class_weights: torch.Tensor | None = None):
         self.model, self.preprocess, self.device, self.ranks = model, preprocess, device, ranks
         # gradients are averaged across ranks by DDP; evaluation runs the plain model on each rank's share
         self.train_model = DistributedDataParallel(
@@ -300,7 +323,7 @@ class _Trainer:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.autocast = dict(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
-        self.loss = nn.CrossEntropyLoss()
+        self.loss = nn.CrossEntropyLoss(weight=None if class_weights is None else class_weights.to(device))
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.preprocess, self.device)
@@ -354,7 +377,8 @@ class _Trainer:
 
 def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], None] = print,
              dataset: Dataset | None = None) -> FinetuneResult:
-    """Train, early-stop on validation accuracy, evaluate the best checkpoint once on the test split."""
+    """Train, early-stop on validation accuracy (balanced accuracy with `config.balanced`), evaluate the best
+    checkpoint once on the test split."""
     config.validate()
     ranks = world(config.device)
     if not ranks.is_main:
@@ -386,7 +410,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
 
     optimizer = build_optimizer(parameter_groups(model, head, config), config)
     schedule = build_schedule(optimizer, config, len(train_loader))
-    trainer = _Trainer(model, preprocess, device, config.precision, ranks)
+    trainer = _Trainer(model, preprocess, device, config.precision, ranks, balanced_class_weights(
+        train_split.labels[train_idx], n_classes) if config.balanced else None)
     history, best_val, best_epoch, start_epoch, train_seconds, train_images = [], -1.0, 0, 1, 0.0, 0
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.exists():
@@ -408,11 +433,13 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     total = sum(p.numel() for p in model.parameters())
     log(f"fine-tuning {config.backbone} ({config.mode}: {trainable:,} of {total:,} parameters trainable) on "
         f"{dataset.name}: {len(train_idx)} train / {len(val_idx)} val / {len(test_split)} test images, "
-        f"{preprocess.crop_size} px, {device.type}" + (f", {ranks.size} processes" if ranks.distributed else ""))
+        f"{preprocess.crop_size} px, {device.type}" + (f", {ranks.size} processes" if ranks.distributed else "")
+        + (", classes weighted alike, checkpoints by validation balanced accuracy" if config.balanced else ""))
     stale = sum(1 for row in history if row["epoch"] > best_epoch)
     for epoch in range(start_epoch, config.epochs + 1):
         if stale >= config.patience:
-            log(f"early stop: validation accuracy has not improved for {config.patience} epochs")
+            log(f"early stop: validation {'balanced ' * config.balanced}accuracy has not improved for "
+                f"{config.patience} epochs")
             break
         epoch_start = time.perf_counter()
         with tqdm(total=len(train_idx), unit="img", desc=f"{config.mode} epoch {epoch}/{config.epochs}",
@@ -420,20 +447,25 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
             train_loss, train_acc, seen = trainer.train_epoch(train_loader, optimizer, schedule, bar, epoch)
         train_seconds += time.perf_counter() - epoch_start
         train_images += seen
-        val_acc = float(np.mean(trainer.predict(val_loader) == train_split.labels[val_idx]))
+        val_true, val_pred = train_split.labels[val_idx], trainer.predict(val_loader)
         history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-                        "val_accuracy": val_acc, "seconds": time.perf_counter() - epoch_start,
-                        "lr_head": optimizer.param_groups[0]["lr"]})
-        log(f"epoch {epoch}: train loss {train_loss:.4f}, train acc {train_acc:.4f}, val acc {val_acc:.4f} "
-            f"({history[-1]['seconds']:.1f} s)")
-        improved = val_acc > best_val
+                        "val_accuracy": float(np.mean(val_pred == val_true)),
+                        "val_balanced_accuracy": balanced_accuracy(val_true, val_pred),
+                        "seconds": time.perf_counter() - epoch_start, "lr_head": optimizer.param_groups[0]["lr"]})
+        log(f"epoch {epoch}: train loss {train_loss:.4f}, train acc {train_acc:.4f}, val acc "
+            f"{history[-1]['val_accuracy']:.4f}" + (f", val balanced acc {history[-1]['val_balanced_accuracy']:.4f}"
+                                                   if config.balanced else "")
+            + f" ({history[-1]['seconds']:.1f} s)")
+        val_score = history[-1][config.validation_score]
+        improved = val_score > best_val
         if improved:
-            best_val, best_epoch, stale = val_acc, epoch, 0
+            best_val, best_epoch, stale = val_score, epoch, 0
         else:
             stale += 1
         if ranks.is_main:
             if improved:
-                save_atomically({"model": model.state_dict(), "epoch": epoch, "val_accuracy": val_acc}, best_path)
+                save_atomically({"model": model.state_dict(), "epoch": epoch, config.validation_score: val_score},
+                                best_path)
             save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "schedule": schedule.state_dict(), "epoch": epoch, "history": history,
                              "best_val": best_val, "best_epoch": best_epoch, "config": _comparable(config),
@@ -449,8 +481,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     evaluation = evaluate(test_split.labels, predictions, dataset.class_names, probabilities)
     result = FinetuneResult(
         strategy=config.mode, test_accuracy=evaluation.accuracy, test_accuracy_interval=evaluation.accuracy_interval,
-        macro_f1=evaluation.macro_f1, test_log_loss=evaluation.log_loss,
-        test_calibration_error=evaluation.calibration_error,
+        test_balanced_accuracy=evaluation.balanced_accuracy, macro_f1=evaluation.macro_f1,
+        test_log_loss=evaluation.log_loss, test_calibration_error=evaluation.calibration_error,
         best_epoch=best_epoch, epochs_run=len(history), trainable_params=trainable, total_params=total,
         seconds=seconds,
         train_images_per_second=train_images / max(train_seconds, 1e-9), history=history,
@@ -461,7 +493,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
                               np.asarray(test_split.ids), test_split.labels, predictions, probabilities,
                               dataset.class_names, f"{config.backbone} fine-tuned ({config.mode}): wrong test "
                               "images, true -> predicted")
-    log(f"{config.mode}: test accuracy {result.test_accuracy:.4f} (best epoch {best_epoch}, val {best_val:.4f}), "
+    log(f"{config.mode}: test accuracy {result.test_accuracy:.4f}, balanced accuracy "
+        f"{result.test_balanced_accuracy:.4f} (best epoch {best_epoch}, val {best_val:.4f}), "
         f"log loss {result.test_log_loss:.4f}, calibration error {result.test_calibration_error:.4f}")
     return result
 

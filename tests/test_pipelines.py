@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import run
@@ -97,7 +98,8 @@ def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
     code, stdout, _ = run(main, ["compare", "efficientnet_lite0", str(sample_dir), "--strategies",
                                  "frozen,frozen-layers,head",
                                  "--image-size", "48", "--limit-per-class", "4", "--epochs", "1", "--workers", "0",
-                                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json"], capsys)
+                                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json", "--balanced"],
+                       capsys)
     assert code == 0
     rows = json.loads(stdout)
     assert [r["strategy"] for r in rows] == ["frozen", "frozen-layers", "head"]
@@ -105,7 +107,12 @@ def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
     assert all(low <= r["test_accuracy"] <= high for r in rows for low, high in [r["test_accuracy_interval"]])
     assert rows[0]["detail"].split()[:3] in (["logreg", "on", "penultimate"], ["svm", "on", "penultimate"])
     assert rows[1]["detail"].startswith("logreg on ")  # the layer it chose by CV follows
+    # --balanced: the frozen heads chose by cross-validated balanced accuracy, fine-tuning kept its checkpoint by it
+    assert all(", cv balanced accuracy " in r["detail"] for r in rows[:2])
+    assert "val_balanced_accuracy" in torch.load(out / "head" / "best.pt", weights_only=True)
     report = (out / "report.md").read_text()
+    assert "--balanced: classes weighted by the inverse of their train count" in report
+    assert "| balanced accuracy |" in report and all(f"| {r['test_balanced_accuracy']:.4f} |" in report for r in rows)
     assert "| frozen |" in report and "| frozen-layers |" in report and "| head |" in report
     low, high = rows[0]["test_accuracy_interval"]
     assert "| 95% interval |" in report and f"| {low:.3f}-{high:.3f} |" in report
@@ -146,6 +153,61 @@ def test_an_out_folder_that_is_a_file_is_one_line(command, capsys, tmp_path, mon
     assert code == 2 and err.endswith(f"error: --out {blocker} cannot be a folder: a file is in its way; give a "
                                       "folder path\n"), err
     assert blocker.read_text() == "kept"
+
+def uneven_copy(source, target, train_counts: dict[str, int]):
+    """The named classes of an image folder, the first N train images of each and every test image."""
+    import shutil
+
+    for split in ("train", "test"):
+        for name, count in train_counts.items():
+            (target / split / name).mkdir(parents=True)
+            for file in sorted((source / split / name).glob("*.jpg"))[:count if split == "train" else None]:
+                shutil.copy(file, target / split / name / file.name)
+    return target
+
+
+def test_balanced_class_weights_are_the_inverse_train_counts():
+    from pipelines.finetune import balanced_class_weights
+
+    # images / (classes present x the class's images), as scikit-learn's class_weight="balanced"; class 1 has no
+    # train image: weight 1, never in the loss
+    weights = balanced_class_weights(np.array([0, 0, 0, 0, 0, 0, 2, 2]), 3)
+    assert weights.tolist() == pytest.approx([8 / (2 * 6), 1, 8 / (2 * 2)])
+
+
+def test_every_class_has_a_validation_image():
+    from pipelines.finetune import validation_split
+
+    labels = np.repeat([0, 1, 2], [30, 30, 4])  # 10% of 64 images by proportion: 3, 3 and 0 of class 2
+    train, val = validation_split(labels, 0.1, seed=0)
+    assert np.bincount(labels[val]).tolist() == [3, 3, 1]
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == len(labels)
+
+
+def test_balanced_fine_tuning_finds_the_rare_class_and_keeps_checkpoints_by_balanced_accuracy(sample_dir, tmp_path,
+                                                                                              capsys):
+    from sklearn.metrics import recall_score
+
+    data = uneven_copy(sample_dir, tmp_path / "data", {"airplane": 30, "automobile": 30, "bird": 4})
+    results = {}
+    for balanced in (False, True):
+        results[balanced] = finetune(FinetuneConfig(
+            backbone="efficientnet_lite0", dataset=str(data), mode="head", image_size=64, epochs=3, batch_size=16,
+            workers=0, balanced=balanced, out=str(tmp_path / f"run-{balanced}")), log=print)
+    log = capsys.readouterr().out
+    bird = 2
+    # weighted 7x the others in the loss, the rare class is predicted more often
+    assert results[True].test_predictions.count(bird) > results[False].test_predictions.count(bird), log
+    assert "classes weighted alike, checkpoints by validation balanced accuracy" in log
+    history = results[True].history
+    chosen = max(history, key=lambda row: row["val_balanced_accuracy"])  # the first of equal scores
+    best = torch.load(tmp_path / "run-True" / "best.pt", weights_only=True)
+    assert results[True].best_epoch == chosen["epoch"] == best["epoch"]
+    assert best["val_balanced_accuracy"] == chosen["val_balanced_accuracy"]
+    labels = resolve_dataset(str(data)).splits["test"].labels
+    assert results[True].test_balanced_accuracy == pytest.approx(
+        recall_score(labels, results[True].test_predictions, average="macro"))
+
 
 def test_an_unreadable_image_stops_fine_tuning_with_its_name(sample_dir, tmp_path, capsys):
     import shutil
