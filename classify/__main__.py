@@ -174,18 +174,12 @@ def print_suspects(found) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "predict":
-        from classify.predict import predict_images
+        from classify.predict import predict_images, print_predictions
 
-        unsure = total = 0
-        for path, label, probability, doubt in predict_images(
-                args.model_file, args.images, device=args.device, skip_bad=args.skip_bad,
-                min_probability=args.min_probability, log=lambda message: print(message, file=sys.stderr)):
-            print(f"{path}\t{'unsure' if doubt else label}" + ("" if probability is None else f"\t{probability:.3f}"),
-                  flush=True)
-            unsure, total = unsure + doubt, total + 1
-        if args.min_probability is not None:
-            print(f"{unsure} of {total} images below probability {args.min_probability:g}: printed as unsure",
-                  file=sys.stderr)
+        print_predictions(predict_images(args.model_file, args.images, device=args.device, skip_bad=args.skip_bad,
+                                         min_probability=args.min_probability,
+                                         log=lambda message: print(message, file=sys.stderr)),
+                          args.min_probability)
         return 0
 
     cache_file = args.cache_file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -51,7 +52,10 @@ def predict_images(model_path: str | Path, paths: list[str], device: str = "auto
     `skip_bad` is named through `log` and left out, as `extract --skip-bad` does. With `min_probability`, a
     prediction whose probability is below it is marked unsure."""
     model, metadata = load_model(model_path)
-    check_min_probability(min_probability, model, model_path)
+    check_min_probability(min_probability)
+    if min_probability is not None and not hasattr(model, "predict_proba"):
+        raise UsageError(f"--min-probability needs probabilities, which {Path(model_path).name} does not give; "
+                         "train logreg or knn, or an SVM with --probability")
     source = metadata["provenance"]
     files = image_files(paths)
     backbone = create_backbone(source["backbone"], source["weights"], int(source["image_size"]))
@@ -65,6 +69,14 @@ def predict_images(model_path: str | Path, paths: list[str], device: str = "auto
     extractor = Extractor(backbone, source["pool"], ExtractionSettings(device=device, precision=source["precision"]),
                           layers=source["layer"])
     names = metadata["class_names"]
+    for batch, images in readable_batches(files, batch_size, skip_bad, log):
+        yield from marked(_predict_batch(model, extractor.images(images), batch, names), min_probability)
+
+
+def readable_batches(files: list[str], batch_size: int, skip_bad: bool,
+                     log: Callable[[str], None]) -> Iterator[tuple[list[str], list]]:
+    """The files' paths and PIL images, batch_size at a time; an unreadable one stops the run, or with `skip_bad`
+    is named through `log` and left out."""
     for start in range(0, len(files), batch_size):
         batch, images = [], []
         for path in files[start:start + batch_size]:
@@ -77,20 +89,31 @@ def predict_images(model_path: str | Path, paths: list[str], device: str = "auto
                                      "unreadable images out") from None
                 log(f"skipped unreadable: {error}")
         if images:
-            for prediction in _predict_batch(model, extractor.images(images), batch, names):
-                unsure = min_probability is not None and prediction.probability < min_probability
-                yield prediction._replace(unsure=unsure)
+            yield batch, images
 
 
-def check_min_probability(min_probability: float | None, model, model_path: str | Path) -> None:
-    if min_probability is None:
-        return
-    if not 0 < min_probability <= 1:
+def marked(predictions: Iterator[Prediction], min_probability: float | None) -> Iterator[Prediction]:
+    """The predictions, those below `min_probability` marked unsure."""
+    for prediction in predictions:
+        yield prediction._replace(unsure=min_probability is not None and prediction.probability < min_probability)
+
+
+def check_min_probability(min_probability: float | None) -> None:
+    if min_probability is not None and not 0 < min_probability <= 1:
         raise UsageError(f"--min-probability must be above 0 and at most 1, not {min_probability:g}; the table "
-                         "the head printed when it was trained gives the accuracy at 0.5 to 0.99")
-    if not hasattr(model, "predict_proba"):
-        raise UsageError(f"--min-probability needs probabilities, which {Path(model_path).name} does not give; "
-                         "train logreg or knn, or an SVM with --probability")
+                         "printed after training gives the accuracy at 0.5 to 0.99")
+
+
+def print_predictions(predictions: Iterator[Prediction], min_probability: float | None) -> None:
+    """PATH<TAB>CLASS[<TAB>PROBABILITY] per image on stdout, as they come; how many were unsure on stderr."""
+    unsure = total = 0
+    for path, label, probability, doubt in predictions:
+        print(f"{path}\t{'unsure' if doubt else label}" + ("" if probability is None else f"\t{probability:.3f}"),
+              flush=True)
+        unsure, total = unsure + doubt, total + 1
+    if min_probability is not None:
+        print(f"{unsure} of {total} images below probability {min_probability:g}: printed as unsure",
+              file=sys.stderr)
 
 
 def _predict_batch(model, features: np.ndarray, paths: list[str], names: list[str]) -> Iterator[Prediction]:

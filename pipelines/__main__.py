@@ -1,4 +1,5 @@
-"""python -m pipelines advise|finetune|compare: which strategy suits a dataset; fine-tuning; frozen vs fine-tuned."""
+"""python -m pipelines advise|finetune|compare|predict: which strategy suits a dataset; fine-tuning; frozen vs
+fine-tuned; the fine-tuned network on new images."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ EPILOG = """examples:
   python -m pipelines finetune resnet18 path/to/photos --mode partial --unfreeze-from layer4.0
   python -m pipelines compare efficientnet_lite0 ../shared/datasets/cifar10 --limit-per-class 200 \\
       --image-size 96 --epochs 5 --out reports/cifar10-200
+  python -m pipelines predict runs/efficientnet_lite0-cifar10-mini-head photo1.jpg photos/   the tuned network
 
 modes: head (new output layer only; batch-norm statistics frozen), partial (blocks from --unfreeze-from on,
 default the last third), full (everything), scratch (same architecture, random init).
@@ -121,6 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     both.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                       help="where the frozen features are cached (default: cache/)")
     both.add_argument("--out", default=None, help="report folder (default reports/BACKBONE-DATASET)")
+    predict = commands.add_parser("predict", help="classify image files with a fine-tuned network",
+                                  description="Prints PATH<TAB>CLASS<TAB>PROBABILITY per image, in order, from the "
+                                              "best checkpoint of a finished finetune run (its --out folder), the "
+                                              "images resized, cropped and normalised as its test split was.")
+    predict.add_argument("run", help="a finetune run folder (runs/BACKBONE-DATASET-MODE by default), or a compare "
+                                     "report's strategy folder (reports/.../partial)")
+    predict.add_argument("images", nargs="+", help="image files, or folders (every image under them)")
+    add_device_argument(predict)
+    predict.add_argument("--min-probability", type=float, default=None, metavar="P",
+                         help="print 'unsure' instead of the class where its probability is below P, for a person "
+                              "to look at")
+    predict.add_argument("--skip-bad", action="store_true",
+                         help="name unreadable images on stderr and classify the rest (default: stop at the first)")
     return parser
 
 
@@ -132,6 +147,13 @@ def config_from(args: argparse.Namespace) -> FinetuneConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    if args.command == "predict":
+        from classify.predict import print_predictions
+        from pipelines.predict import predict_finetuned
+
+        print_predictions(predict_finetuned(args.run, args.images, device=args.device, skip_bad=args.skip_bad,
+                                            min_probability=args.min_probability, log=log), args.min_probability)
+        return 0
     from pathlib import Path
 
     dataset = Path(args.dataset.rstrip("/"))

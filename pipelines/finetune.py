@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data import Dataset as TorchDataset
 from tqdm import tqdm
 
-from classify.evaluate import balanced_accuracy, evaluate
+from classify.evaluate import balanced_accuracy, evaluate, format_by_confidence
 from classify.mistakes import save_test_predictions
 from extract.backbones import DEFAULT_BACKBONE, Preprocess, block_names, create_backbone, replace_classifier
 from extract.datasets import BadImageError, Dataset, Split, copies_warning, resolve_dataset
@@ -114,6 +114,7 @@ class FinetuneResult:
     macro_f1: float
     test_log_loss: float  # of the softmax probabilities (classify/evaluate.py)
     test_calibration_error: float
+    test_by_confidence: list[dict]  # share of test images and accuracy at each minimum probability
     best_epoch: int
     epochs_run: int
     trainable_params: int
@@ -483,19 +484,24 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
         strategy=config.mode, test_accuracy=evaluation.accuracy, test_accuracy_interval=evaluation.accuracy_interval,
         test_balanced_accuracy=evaluation.balanced_accuracy, macro_f1=evaluation.macro_f1,
         test_log_loss=evaluation.log_loss, test_calibration_error=evaluation.calibration_error,
+        test_by_confidence=evaluation.by_confidence,
         best_epoch=best_epoch, epochs_run=len(history), trainable_params=trainable, total_params=total,
         seconds=seconds,
         train_images_per_second=train_images / max(train_seconds, 1e-9), history=history,
         test_predictions=predictions.tolist(), out=str(out))
     if ranks.is_main:
-        (out / "result.json").write_text(json.dumps({**result.to_dict(), "config": asdict(config)}, indent=2))
+        # with what `python -m pipelines predict` needs to rebuild the model and feed it as the test split was
+        (out / "result.json").write_text(json.dumps({**result.to_dict(), "config": asdict(config),
+                                                     "class_names": dataset.class_names,
+                                                     "preprocess": preprocess.to_dict()}, indent=2))
         save_test_predictions(out / "predictions.csv", out / "mistakes.png", dataset.source,
                               np.asarray(test_split.ids), test_split.labels, predictions, probabilities,
                               dataset.class_names, f"{config.backbone} fine-tuned ({config.mode}): wrong test "
                               "images, true -> predicted")
     log(f"{config.mode}: test accuracy {result.test_accuracy:.4f}, balanced accuracy "
         f"{result.test_balanced_accuracy:.4f} (best epoch {best_epoch}, val {best_val:.4f}), "
-        f"log loss {result.test_log_loss:.4f}, calibration error {result.test_calibration_error:.4f}")
+        f"log loss {result.test_log_loss:.4f}, calibration error {result.test_calibration_error:.4f}\n"
+        f"{format_by_confidence(result.test_by_confidence)}")
     return result
 
 

@@ -1,6 +1,8 @@
 """Fine-tuning modes, learning rates, resume, and the comparison report, on tiny but real runs."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,6 +93,48 @@ def test_the_test_log_loss_is_of_the_best_checkpoints_softmax(sample_dir, tiny_d
     assert [r[0] for r in rows] == test.ids and [r[2] for r in rows] == [names[i] for i in result.test_predictions]
     assert [float(r[3]) for r in rows] == pytest.approx(probabilities.max(1), abs=1e-3)
     assert (tmp_path / "mistakes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_classifies_new_images_as_the_run_scored_its_test_split(sample_dir, tmp_path, capsys):
+    run_folder = tmp_path / "run"
+    config = FinetuneConfig(dataset=str(sample_dir), mode="head", out=str(run_folder), **TINY)
+    result = finetune(config, log=print)
+    assert "right among them" in capsys.readouterr().out  # the table that --min-probability is chosen by
+    assert [row["min_probability"] for row in result.test_by_confidence] == [0.5, 0.7, 0.9, 0.95, 0.99]
+    scored = {row[0]: row for row in (line.split(",") for line in
+                                      (run_folder / "predictions.csv").read_text().splitlines()[1:])}
+    new = tmp_path / "new"  # a folder of new images: copies of test images the run scored
+    new.mkdir()
+    ids = [i for i in scored if i.startswith("test/cat/")] + ["test/ship/0003.jpg"]
+    for i in ids[:-1]:
+        shutil.copy(sample_dir / i, new / Path(i).name)
+    images = [str(new), str(sample_dir / ids[-1])]
+    code, stdout, err = run(main, ["predict", str(run_folder), *images, "--min-probability", "0.6"], capsys)
+    lines = [line.split("\t") for line in stdout.splitlines()]
+    assert code == 0 and [line[0] for line in lines] == [str(new / Path(i).name) for i in ids[:-1]] + [images[1]]
+    unsure = 0
+    for i, (_, label, probability) in zip(ids, lines, strict=True):
+        _, _, predicted, expected = scored[i]
+        assert float(probability) == pytest.approx(float(expected), abs=2e-3)
+        assert label == ("unsure" if float(expected) < 0.6 else predicted)
+        unsure += label == "unsure"
+    assert err == f"{unsure} of {len(lines)} images below probability 0.6: printed as unsure\n"
+
+
+def test_predict_refuses_what_is_not_a_finished_run(sample_dir, tmp_path, capsys):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "best.pt").write_bytes(b"")
+    (old / "result.json").write_text(json.dumps({"config": {}}))
+    image = str(sample_dir / "test" / "cat" / "0000.jpg")
+    for argv, message in [
+        ([str(tmp_path), image], "is not the folder of a finished fine-tuning run (it needs result.json and best.pt)"),
+        ([str(old), image], "was written by an older version, without the class names; fine-tune again"),
+        ([str(old), image, "--min-probability", "0"], "--min-probability must be above 0 and at most 1"),
+        ([str(old), str(tmp_path / "missing.jpg")], "missing.jpg does not exist"),
+    ]:
+        code, stdout, err = run(main, ["predict", *argv], capsys)
+        assert code == 2 and not stdout and message in err and err.count("\n") == 1, err
 
 
 def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
