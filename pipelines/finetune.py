@@ -112,9 +112,10 @@ class FinetuneResult:
     test_accuracy_interval: tuple[float, float]  # 95% Wilson interval (classify/evaluate.py)
     test_balanced_accuracy: float  # the mean of the classes' recalls
     macro_f1: float
-    test_log_loss: float  # of the softmax probabilities (classify/evaluate.py)
+    test_log_loss: float  # of the softmax probabilities at `temperature` (classify/evaluate.py)
     test_calibration_error: float
     test_by_confidence: list[dict]  # share of test images and accuracy at each minimum probability
+    temperature: float  # the logits are divided by it before the softmax (fit_temperature)
     best_epoch: int
     epochs_run: int
     trainable_params: int
@@ -211,6 +212,34 @@ def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     present = np.unique(labels)
     weights[present] = compute_class_weight("balanced", classes=present, y=labels)
     return torch.tensor(weights, dtype=torch.float32)
+
+
+MAX_TEMPERATURE = 20.0
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T in [1, MAX_TEMPERATURE] for which softmax(logits / T) has the least log loss on these (validation)
+    images: temperature scaling (Guo et al. 2017). A network fine-tuned with cross-entropy is overconfident, and one
+    scalar fixes most of it without changing any prediction. T only softens: a small validation split that the
+    network gets all right would otherwise sharpen it further."""
+    from scipy.optimize import minimize_scalar
+
+    found = minimize_scalar(lambda log_t: softmax_log_loss(logits, labels, math.exp(log_t)),
+                            bounds=(0.0, math.log(MAX_TEMPERATURE)), method="bounded")
+    return math.exp(found.x)
+
+
+def softmax_log_loss(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    from scipy.special import log_softmax
+
+    rows = log_softmax(logits.astype(np.float64) / temperature, axis=1)
+    return -float(np.mean(rows[np.arange(len(labels)), labels]))
+
+
+def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    from scipy.special import softmax as scipy_softmax
+
+    return scipy_softmax(logits / temperature, axis=1).astype(np.float32)
 
 
 # ---- data -------------------------------------------------------------------------------------------------
@@ -358,10 +387,9 @@ class _Trainer:
         """Predicted classes of the loader's images (what validation needs each epoch: one number per image)."""
         return self._per_image(loader, lambda logits: logits.argmax(1), np.zeros(0, dtype=np.int64))
 
-    def probabilities(self, loader, n_classes: int) -> np.ndarray:
-        """Class probabilities (softmax) of the loader's images, for the test split's log loss."""
-        return self._per_image(loader, lambda logits: logits.float().softmax(1),
-                               np.zeros((0, n_classes), dtype=np.float32))
+    def logits(self, loader, n_classes: int) -> np.ndarray:
+        """The model's outputs for the loader's images (float32), for the temperature and the test probabilities."""
+        return self._per_image(loader, lambda logits: logits.float(), np.zeros((0, n_classes), dtype=np.float32))
 
     @torch.inference_mode()
     def _per_image(self, loader, reduce: Callable[[torch.Tensor], torch.Tensor], empty: np.ndarray) -> np.ndarray:
@@ -476,7 +504,13 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     ranks.barrier()  # best.pt is written
     test_start = time.perf_counter()
     model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
-    probabilities = trainer.probabilities(test_loader, n_classes)
+    val_logits = trainer.logits(val_loader, n_classes)
+    val_labels = train_split.labels[val_idx]
+    temperature = fit_temperature(val_logits, val_labels)
+    log(f"softmax temperature {temperature:.3f}, fitted on the validation split: its log loss "
+        f"{softmax_log_loss(val_logits, val_labels, 1.0):.4f} -> "
+        f"{softmax_log_loss(val_logits, val_labels, temperature):.4f}")
+    probabilities = softmax(trainer.logits(test_loader, n_classes), temperature)
     predictions = probabilities.argmax(1)
     seconds = sum(row["seconds"] for row in history) + time.perf_counter() - test_start
     evaluation = evaluate(test_split.labels, predictions, dataset.class_names, probabilities)
@@ -484,7 +518,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
         strategy=config.mode, test_accuracy=evaluation.accuracy, test_accuracy_interval=evaluation.accuracy_interval,
         test_balanced_accuracy=evaluation.balanced_accuracy, macro_f1=evaluation.macro_f1,
         test_log_loss=evaluation.log_loss, test_calibration_error=evaluation.calibration_error,
-        test_by_confidence=evaluation.by_confidence,
+        test_by_confidence=evaluation.by_confidence, temperature=temperature,
         best_epoch=best_epoch, epochs_run=len(history), trainable_params=trainable, total_params=total,
         seconds=seconds,
         train_images_per_second=train_images / max(train_seconds, 1e-9), history=history,

@@ -17,23 +17,24 @@ from extract.pixels import normalize, resize_and_crop
 from pipelines.finetune import FinetuneConfig, prepare_model
 
 
-def load_finetuned(run: str | Path) -> tuple[torch.nn.Module, FinetuneConfig, Preprocess, list[str]]:
-    """The best checkpoint of a finished run in its network, the run's settings, its preprocessing record and its
-    class names."""
+def load_finetuned(run: str | Path) -> tuple[torch.nn.Module, FinetuneConfig, Preprocess, list[str], float]:
+    """The best checkpoint of a finished run in its network, the run's settings, its preprocessing, its class names
+    and its softmax temperature."""
     folder = Path(run)
     result_file, checkpoint = folder / "result.json", folder / "best.pt"
     if not result_file.is_file() or not checkpoint.is_file():
         raise UsageError(f"{run} is not the folder of a finished fine-tuning run (it needs result.json and best.pt); "
                          "give the --out folder of python -m pipelines finetune")
     result = json.loads(result_file.read_text())
-    if "class_names" not in result:
-        raise UsageError(f"{result_file} was written by an older version, without the class names; fine-tune again")
+    if "temperature" not in result:
+        raise UsageError(f"{result_file} was written by an older version, without the class names and softmax "
+                         "temperature; fine-tune again")
     config = FinetuneConfig(**result["config"])
     model, preprocess, _ = prepare_model(config, len(result["class_names"]))
     if json.loads(json.dumps(preprocess.to_dict())) != result["preprocess"]:
         raise UsageError(f"{config.backbone}'s preprocessing changed since {run} was trained; fine-tune again")
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
-    return model.eval(), config, preprocess, result["class_names"]
+    return model.eval(), config, preprocess, result["class_names"], result["temperature"]
 
 
 @torch.inference_mode()
@@ -41,10 +42,11 @@ def predict_finetuned(run: str | Path, paths: list[str], device: str = "auto", b
                       skip_bad: bool = False, min_probability: float | None = None,
                       log: Callable[[str], None] = print) -> Iterator[Prediction]:
     """A Prediction per image, in order, with the softmax probability of its class: as classify.predict does for a
-    saved head, and as the run scored its test split (same resize, crop, normalisation and precision)."""
+    saved head, and as the run scored its test split (same resize, crop, normalisation, precision and softmax
+    temperature)."""
     check_min_probability(min_probability)
     files = image_files(paths)
-    model, config, preprocess, names = load_finetuned(run)
+    model, config, preprocess, names, temperature = load_finetuned(run)
     target = resolve_device(device)
     model.to(target).to(memory_format=torch.channels_last)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
@@ -52,6 +54,6 @@ def predict_finetuned(run: str | Path, paths: list[str], device: str = "auto", b
     for batch, images in readable_batches(files, batch_size, skip_bad, log):
         with torch.autocast(target.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(normalize(torch.stack([crop(image) for image in images]), preprocess, target))
-        probabilities, classes = logits.float().softmax(1).max(1)
+        probabilities, classes = (logits.float() / temperature).softmax(1).max(1)
         yield from marked((Prediction(path, names[int(k)], float(p))
                            for path, k, p in zip(batch, classes, probabilities, strict=True)), min_probability)

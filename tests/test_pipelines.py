@@ -71,19 +71,41 @@ def test_resume_continues_from_the_saved_epoch(sample_dir, tiny_dataset, tmp_pat
     assert (tmp_path / "history.png").exists() and len((tmp_path / "history.csv").read_text().splitlines()) == 3
 
 
+def test_fit_temperature_finds_the_temperature_that_made_the_labels():
+    from scipy.special import softmax
+
+    from pipelines.finetune import fit_temperature
+
+    random = np.random.default_rng(0)
+    logits = random.normal(scale=6, size=(20_000, 5))
+    labels = np.array([random.choice(5, p=row) for row in softmax(logits / 2.5, axis=1)])
+    assert fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.05)
+    # never sharpens: logits whose largest is always right would want T -> 0
+    assert fit_temperature(logits, logits.argmax(1)) == pytest.approx(1, abs=1e-3)
+
+
 def test_the_test_log_loss_is_of_the_best_checkpoints_softmax(sample_dir, tiny_dataset, tmp_path):
     from sklearn.metrics import log_loss
 
     from extract.pixels import normalize, resize_and_crop
+    from pipelines.finetune import fit_temperature, validation_split
 
     config = FinetuneConfig(dataset=str(sample_dir), mode="head", out=str(tmp_path), **TINY)
     result = finetune(config, dataset=tiny_dataset, log=lambda m: None)
     model, preprocess, _ = prepare_model(config, len(tiny_dataset.class_names))
     model.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=True)["model"])
+
+    def logits(split, rows):
+        pixels = torch.stack([resize_and_crop(split.image(i), preprocess) for i in rows])
+        with torch.inference_mode():
+            return model.eval()(normalize(pixels, preprocess, torch.device("cpu"))).numpy()
+
+    # the softmax temperature is fitted on the validation split, carved from train as for early stopping
+    train = tiny_dataset.splits["train"]
+    _, val = validation_split(train.labels, config.val_fraction, config.seed)
+    assert result.temperature == pytest.approx(fit_temperature(logits(train, val), train.labels[val]), rel=1e-3)
     test = tiny_dataset.splits["test"]
-    pixels = torch.stack([resize_and_crop(test.image(i), preprocess) for i in range(len(test))])
-    with torch.inference_mode():
-        probabilities = model.eval()(normalize(pixels, preprocess, torch.device("cpu"))).softmax(1).numpy()
+    probabilities = torch.from_numpy(logits(test, range(len(test))) / result.temperature).softmax(1).numpy()
     assert result.test_log_loss == pytest.approx(log_loss(test.labels, probabilities, labels=range(10)), rel=1e-3)
     assert result.test_predictions == probabilities.argmax(1).tolist()
     assert 0 <= result.test_calibration_error <= 1
@@ -119,6 +141,11 @@ def test_predict_classifies_new_images_as_the_run_scored_its_test_split(sample_d
         assert label == ("unsure" if float(expected) < 0.6 else predicted)
         unsure += label == "unsure"
     assert err == f"{unsure} of {len(lines)} images below probability 0.6: printed as unsure\n"
+    # the run's softmax temperature is applied: a very high one leaves every class about equally likely
+    record = json.loads((run_folder / "result.json").read_text())
+    (run_folder / "result.json").write_text(json.dumps({**record, "temperature": 1e4}))
+    code, stdout, _ = run(main, ["predict", str(run_folder), images[1]], capsys)
+    assert code == 0 and float(stdout.split("\t")[2]) == pytest.approx(0.1, abs=1e-3)
 
 
 def test_predict_refuses_what_is_not_a_finished_run(sample_dir, tmp_path, capsys):
@@ -129,7 +156,7 @@ def test_predict_refuses_what_is_not_a_finished_run(sample_dir, tmp_path, capsys
     image = str(sample_dir / "test" / "cat" / "0000.jpg")
     for argv, message in [
         ([str(tmp_path), image], "is not the folder of a finished fine-tuning run (it needs result.json and best.pt)"),
-        ([str(old), image], "was written by an older version, without the class names; fine-tune again"),
+        ([str(old), image], "was written by an older version, without the class names and softmax temperature"),
         ([str(old), image, "--min-probability", "0"], "--min-probability must be above 0 and at most 1"),
         ([str(old), str(tmp_path / "missing.jpg")], "missing.jpg does not exist"),
     ]:
