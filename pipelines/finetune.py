@@ -343,6 +343,12 @@ def _comparable(config: FinetuneConfig) -> dict:
 # ---- the run ----------------------------------------------------------------------------------------------
 
 
+def autocast_settings(precision: str, device: torch.device) -> dict:
+    """torch.autocast's arguments for --precision: mixed precision in bf16 or fp16, or none (fp32)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return dict(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 class _Trainer:
     def __init__(self, model: nn.Module, preprocess: Preprocess, device: torch.device, precision: str, ranks: World,
                  class_weights: torch.Tensor | None = None):
@@ -350,8 +356,7 @@ class _Trainer:
         # gradients are averaged across ranks by DDP; evaluation runs the plain model on each rank's share
         self.train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.distributed else model
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.autocast = dict(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+        self.autocast = autocast_settings(precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
         self.loss = nn.CrossEntropyLoss(weight=None if class_weights is None else class_weights.to(device))
 

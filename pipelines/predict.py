@@ -14,7 +14,7 @@ from extract.backbones import Preprocess
 from extract.errors import UsageError
 from extract.features import resolve_device
 from extract.pixels import normalize, resize_and_crop
-from pipelines.finetune import FinetuneConfig, prepare_model
+from pipelines.finetune import FinetuneConfig, autocast_settings, prepare_model
 
 
 def load_finetuned(run: str | Path) -> tuple[torch.nn.Module, FinetuneConfig, Preprocess, list[str], float]:
@@ -49,10 +49,9 @@ def predict_finetuned(run: str | Path, paths: list[str], device: str = "auto", b
     model, config, preprocess, names, temperature = load_finetuned(run)
     target = resolve_device(device)
     model.to(target).to(memory_format=torch.channels_last)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
     crop = functools.partial(resize_and_crop, preprocess=preprocess)
     for batch, images in readable_batches(files, batch_size, skip_bad, log):
-        with torch.autocast(target.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.autocast(**autocast_settings(config.precision, target)):
             logits = model(normalize(torch.stack([crop(image) for image in images]), preprocess, target))
         probabilities, classes = (logits.float() / temperature).softmax(1).max(1)
         yield from marked((Prediction(path, names[int(k)], float(p))
