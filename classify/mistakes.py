@@ -40,6 +40,13 @@ def save_test_predictions(csv_path: Path, png_path: Path, source: str, ids: np.n
     return plot_mistakes(source, ids, y_true, y_pred, confidence, class_names, png_path, title)
 
 
+def read_test_predictions(csv_path: str | Path, class_names: list[str]) -> np.ndarray:
+    """save_test_predictions' predicted classes back, as indices into `class_names`, in test order."""
+    index = {name: k for k, name in enumerate(class_names)}
+    with open(csv_path, newline="") as file:
+        return np.array([index[row["predicted"]] for row in csv.DictReader(file)], dtype=np.int64)
+
+
 def mistake_order(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray | None) -> np.ndarray:
     """Indices of the wrong predictions, each true class in turn: every class's first mistake, then every class's
     second, ..., so a picture of the first few shows every class; within a class the most confident mistake comes

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from classify.heads import fitted_parameter_count
+from classify.mistakes import read_test_predictions
 from classify.models import load_model
 from classify.train import train_head
 from extract.datasets import Dataset, resolve_dataset
@@ -55,7 +56,6 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
     # chosen by cross-validation (balanced accuracy with --balanced), never by the test split
     best = max(results, key=lambda r: r.cv_accuracy)
     model, _ = load_model(best.model_file)
-    features, _, _ = cache.load("test")
     return {"strategy": strategy, "test_accuracy": best.test_accuracy,
             "test_accuracy_interval": best.test_accuracy_interval,
             "test_balanced_accuracy": best.test_balanced_accuracy, "macro_f1": best.macro_f1,
@@ -64,7 +64,8 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
             "images_per_second": float(cache.attrs.get("images_per_second", 0.0)),
             "detail": f"{best.head} on {best.layer} {best.best_params}, cv {best.scoring.replace('_', ' ')} "
                       f"{best.cv_accuracy:.4f}",
-            "test_predictions": model.predict(features).tolist(), "cache_file": str(extracted.path)}
+            "test_predictions": read_test_predictions(best.predictions_csv, best.class_names).tolist(),
+            "cache_file": str(extracted.path)}
 
 
 def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: str,

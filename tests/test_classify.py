@@ -628,3 +628,13 @@ def test_balanced_accuracy_is_printed_where_it_chose_the_parameters(cache_copy, 
     assert "   balanced accuracy " in out  # printed, though equal, since it chose the parameters
     code, out, err = run(main, ["logreg", str(cache_copy), "--grid", "C=0.01", "--cv", "2", "--n-jobs", "1"], capsys)
     assert code == 0 and "(cv accuracy " in out and "balanced accuracy" not in out + err  # 6 images of each class
+
+
+def test_test_predictions_read_back_as_written(tmp_path):
+    from classify.mistakes import read_test_predictions, save_test_predictions
+
+    names = ["cat", "dog", "ship"]
+    y_true, y_pred = np.array([0, 1, 2, 2, 1]), np.array([0, 2, 2, 1, 1])
+    save_test_predictions(tmp_path / "p.csv", tmp_path / "m.png", "", np.array([f"x{i}" for i in range(5)]), y_true,
+                          y_pred, None, names, "wrong")
+    assert read_test_predictions(tmp_path / "p.csv", names).tolist() == y_pred.tolist()
