@@ -15,6 +15,7 @@ from extract.backbones import create_backbone
 from extract.datasets import IMAGE_EXTENSIONS, BadImageError, images_under, load_image
 from extract.errors import UsageError
 from extract.features import ExtractionSettings, Extractor
+from extract.store import FLIP_KEY
 
 
 def image_files(paths: list[str]) -> list[str]:
@@ -67,7 +68,7 @@ def predict_images(model_path: str | Path, paths: list[str], device: str = "auto
     if any(recorded.get(key) != value for key, value in current.items()):
         raise UsageError("this backbone's preprocessing changed since the model was trained; train it again")
     extractor = Extractor(backbone, source["pool"], ExtractionSettings(device=device, precision=source["precision"]),
-                          layers=source["layer"])
+                          layers=source["layer"], flip=FLIP_KEY in recorded)
     names = metadata["class_names"]
     for batch, images in readable_batches(files, batch_size, skip_bad, log):
         yield from marked(_predict_batch(model, extractor.images(images), batch, names), min_probability)

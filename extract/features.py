@@ -76,14 +76,17 @@ class FeatureModel(nn.Module):
 
     Every layer is read through a hook on its module, in one forward pass that stops after the deepest one.
     Spatial maps are pooled globally (avg, max, or both concatenated); `layout` says which columns hold which layer.
+    With `flip`, each image's vector is the mean of its own and its left-right mirror image's (both in one pass of
+    twice the batch): a test-time augmentation that the heads score higher on (bench/flip_features.py).
     """
 
-    def __init__(self, model: nn.Module, pool: str = "avg", layers: str = DEFAULT_LAYER):
+    def __init__(self, model: nn.Module, pool: str = "avg", layers: str = DEFAULT_LAYER, flip: bool = False):
         super().__init__()
         if pool not in POOLS:
             raise UsageError(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
         self.model = model
         self.pool = pool
+        self.flip = flip
         available = feature_layers(model)
         self.layers = resolve_layers(layers, available)
         self.points = {name: available[name] for name in self.layers}
@@ -146,10 +149,21 @@ class FeatureModel(nn.Module):
             for handle in handles:
                 handle.remove()
 
+    def _with_mirror(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([images, images.flip(-1)]) if self.flip else images
+
+    def _mirror_mean(self, features: torch.Tensor) -> torch.Tensor:
+        """The mean of each image's vector and its mirror image's (the second half of the batch `_with_mirror`
+        made)."""
+        if not self.flip:
+            return features
+        own, mirrored = features.chunk(2)
+        return (own + mirrored) / 2
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self._run(images)
+        self._run(self._with_mirror(images))
         try:
-            return torch.cat([self._pooled(name) for name in self.layers], 1)
+            return self._mirror_mean(torch.cat([self._pooled(name) for name in self.layers], 1))
         finally:
             self._captured = {}
 
@@ -161,8 +175,9 @@ class FeatureModel(nn.Module):
             return None
 
         def forward(images: torch.Tensor) -> torch.Tensor:
-            tensors = graph(images)
-            return torch.cat([self._pooled(name, tensor) for name, tensor in zip(self.layers, tensors, strict=True)], 1)
+            tensors = graph(self._with_mirror(images))
+            return self._mirror_mean(
+                torch.cat([self._pooled(name, tensor) for name, tensor in zip(self.layers, tensors, strict=True)], 1))
 
         return forward
 
@@ -510,7 +525,7 @@ class Extractor:
     """A backbone ready to turn images into pooled features on a device."""
 
     def __init__(self, backbone: Backbone, pool: str, settings: ExtractionSettings,
-                 layers: str = DEFAULT_LAYER):
+                 layers: str = DEFAULT_LAYER, flip: bool = False):
         if settings.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {settings.precision!r}")
         if settings.batch_size is not None and settings.batch_size < 1:
@@ -523,7 +538,8 @@ class Extractor:
         self.settings = replace(settings, batch_size=settings.batch_size or default_batch_size(self.device))
         keep_freed_memory()
         self.precision = resolve_precision(settings.precision, self.device)
-        self.model = FeatureModel(backbone.model, pool, layers).to(self.device).to(memory_format=torch.channels_last)
+        self.model = FeatureModel(backbone.model, pool, layers, flip).to(self.device)
+        self.model.to(memory_format=torch.channels_last)
         self.model.eval()
         self.compiled = False
         self.prepared = False

@@ -24,6 +24,7 @@ from extract.errors import UsageError
 from extract.features import DEFAULT_LAYER, ExtractionSettings, Extractor
 from extract.store import (
     DEFAULT_CACHE_DIR,
+    FLIP_KEY,
     SUFFIX,
     CacheLock,
     CacheWriter,
@@ -44,6 +45,7 @@ class ExtractRequest:
     weights: str | None = None
     pool: str = "avg"
     layers: str = DEFAULT_LAYER
+    flip: bool = False  # each image's features averaged with its mirror image's
     image_size: int | None = None
     limit_per_class: int | None = None
     data_root: str = "data"
@@ -83,6 +85,8 @@ def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool:
     preprocess["small_images"] = ("long side to the crop size, padded (PIL)" if padded else
                                   "enlarged to the crop size, not cropped (PIL's filter, float32, a batch at once)")
     preprocess["orientation"] = "EXIF orientation applied"
+    if extractor.model.flip:  # only then: the identity of every entry without it stays what it was
+        preprocess[FLIP_KEY] = "features averaged with those of the image mirrored left-right"
     return {
         "dataset": dataset.slug, "dataset_fingerprint": dataset.fingerprint, "class_names": dataset.class_names,
         "backbone": backbone.name, "weights": backbone.weights, "weights_sha256": backbone.weights_sha256,
@@ -111,7 +115,7 @@ def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print
     if dataset.note and ranks.is_main:
         log(dataset.note)
     backbone = create_backbone(request.backbone, request.weights, request.image_size)
-    extractor = Extractor(backbone, request.pool, request.settings, request.layers)
+    extractor = Extractor(backbone, request.pool, request.settings, request.layers, request.flip)
     attrs = provenance(dataset, backbone, extractor, request.pool)
     path = Path(request.cache_dir) / f"{entry_name(attrs)}{SUFFIX}"
     if path.exists() and not request.force:

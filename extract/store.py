@@ -5,7 +5,8 @@ Layout of one cache entry (one file per dataset x backbone x weights x layer x p
     /                 attrs: format_version, complete, backbone, weights, weights_sha256, layer (the layers,
                              comma-separated), layer_module (JSON: layer -> module), layout (JSON: [layer, first
                              column, end column] of each layer in `features`), pool, image_size, precision,
-                             transform (JSON), class_names (JSON), dataset, dataset_fingerprint, versions (JSON),
+                             transform (JSON; its 'flip' key marks features averaged with the mirror image's),
+                             class_names (JSON), dataset, dataset_fingerprint, versions (JSON),
                              feature_dim, created, extract_seconds, images_per_second, compiled (of the run that
                              finished the file), ranks (torchrun processes, when more than one)
     /<split>/features float32 (N, D), chunked, written as computed; several layers sit side by side
@@ -46,6 +47,8 @@ PARTIAL_SUFFIX = ".h5.partial"
 # Attributes that decide what the features are: an entry is reused only if all of them match.
 IDENTITY_ATTRS = ("dataset", "dataset_fingerprint", "backbone", "weights", "weights_sha256", "layer", "pool",
                   "image_size", "precision", "transform", "versions")
+# The key of `transform` that marks features averaged with the mirror image's (`extract --flip`); absent otherwise
+FLIP_KEY = "flip"
 
 
 def entry_name(attrs: dict) -> str:
@@ -57,8 +60,9 @@ def entry_name(attrs: dict) -> str:
         weights_slug = Path(weights).stem
     else:  # "ResNet18_Weights.IMAGENET1K_V1" -> IMAGENET1K_V1, "package:imagenet" -> imagenet, "timm:TAG" -> TAG
         weights_slug = weights.split(".")[-1].split(":")[-1]
+    flip = "-flip" if FLIP_KEY in attrs["transform"] else ""
     readable = (f"{attrs['dataset']}__{name_in_paths(attrs['backbone'])}__{weights_slug}__"
-                f"{attrs['layer']}-{attrs['pool']}__{attrs['image_size']}px")
+                f"{attrs['layer']}-{attrs['pool']}{flip}__{attrs['image_size']}px")
     identity = json.dumps({k: attrs[k] for k in IDENTITY_ATTRS}, sort_keys=True)
     return f"{readable}__{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 

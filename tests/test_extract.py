@@ -26,6 +26,7 @@ from extract.features import (
     fold_batch_norms,
     static_same_padding,
 )
+from extract.pixels import resize_or_defer, stack_at_crop
 from extract.store import open_cache
 
 
@@ -65,6 +66,42 @@ def test_cached_features_equal_a_direct_forward_pass_in_order(lite_cache, sample
     direct = extractor.images([load_image(sample_dir / ids[i], ids[i]) for i in picked])
     assert extractor.prepared
     np.testing.assert_allclose(direct, features[picked], rtol=1e-4, atol=1e-4)
+
+
+def test_flip_is_an_entry_of_its_own_averaging_each_image_with_its_mirror_and_predict_does_the_same(
+        lite_cache, sample_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from classify.__main__ import main as classify_main
+    from classify.models import load_model
+
+    argv = ["efficientnet_lite0", str(sample_dir), "--cache-dir", str(tmp_path), *QUICK, "--flip"]
+    code, out, _ = run(main, argv, capsys)
+    flipped, plain = open_cache(out.strip()), open_cache(lite_cache)
+    assert code == 0 and "__penultimate-avg-flip__96px__" in flipped.path.name and "-flip" not in lite_cache.name
+    assert json.loads(flipped.attrs["transform"])["flip"] and "flip" not in json.loads(plain.attrs["transform"])
+    features, _, ids = flipped.load("test")
+    picked = [0, 17, 59]
+    images = [load_image(sample_dir / ids[i], ids[i]) for i in picked]
+    backbone = create_backbone("efficientnet_lite0", image_size=96)
+    extractor = Extractor(backbone, "avg", ExtractionSettings())
+    pixels = stack_at_crop([resize_or_defer(image, backbone.preprocess) for image in images], backbone.preprocess)
+    expected = (extractor.features(pixels) + extractor.features(pixels.flip(-1))) / 2
+    np.testing.assert_allclose(features[picked], expected, rtol=1e-4, atol=1e-4)
+    # the mirror image of the file, resized on its own: the same to the resize filter's rounding
+    mirrored = extractor.images([image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images])
+    assert row_cosine(features[picked], (extractor.images(images) + mirrored) / 2).min() > 0.9999
+    assert row_cosine(features[picked], plain.load("test")[0][picked]).max() < 0.9999
+    code, out, err = run(main, argv, capsys)
+    assert code == 0 and out.strip() == str(flipped.path) and "reusing" in err
+    # a head trained on it predicts new images from their features averaged the same way
+    code, out, _ = run(classify_main, ["logreg", str(flipped.path), "--grid", "C=0.01", "--cv", "2", "--n-jobs", "1",
+                                       "--json"], capsys)
+    model_file = json.loads(out)["model_file"]
+    model, metadata = load_model(model_file)
+    code, out, _ = run(classify_main, ["predict", model_file, *(str(sample_dir / ids[i]) for i in picked)], capsys)
+    assert code == 0 and [float(line.split("\t")[2]) for line in out.splitlines()] == pytest.approx(
+        model.predict_proba(features[picked]).max(1), abs=6e-4)
 
 
 def test_batch_size_defaults_to_the_device_and_a_given_one_is_kept():

@@ -44,6 +44,17 @@ def test_one_graph_computes_what_the_hooks_capture(name, layers, pool):
 
 
 @torch.no_grad()
+def test_flip_averages_each_images_vectors_with_its_mirror_images_in_graph_and_hooks_alike():
+    backbone = create_backbone("resnet18", weights="none", image_size=64).model
+    flipped, plain = (FeatureModel(backbone, "avgmax", "stage2,penultimate", flip).eval() for flip in (True, False))
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    expected = (plain(images) + plain(images.flip(-1))) / 2
+    torch.testing.assert_close(flipped(images), expected)
+    torch.testing.assert_close(flipped.as_graph()(images), expected)
+    assert flipped.layout == plain.layout and not torch.allclose(flipped(images), plain(images))
+
+
+@torch.no_grad()
 def test_channels_last_stages_are_pooled_over_their_height_and_width():
     model = create_backbone("swin_t", weights="none", image_size=64).model
     assert feature_layers(model)["stage2"] == LayerPoint("features.1", False, True, channels_last=True)
