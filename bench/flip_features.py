@@ -21,9 +21,17 @@ from imbalanced import CIFAR, run
 from scipy.stats import binomtest
 
 
-def right_per_image(predictions_csv: str) -> dict[str, bool]:
+def right_per_image(predictions_csv: str | Path) -> dict[str, bool]:
     with open(predictions_csv, newline="") as file:
         return {row["id"]: row["true"] == row["predicted"] for row in csv.DictReader(file)}
+
+
+def paired(plain_csv: str | Path, flipped_csv: str | Path) -> tuple[int, int, float]:
+    """Test images right only with --flip, right only without, and McNemar's exact two-sided p-value."""
+    a, b = right_per_image(plain_csv), right_per_image(flipped_csv)
+    gained = sum(b[i] and not a[i] for i in a)
+    lost = sum(a[i] and not b[i] for i in a)
+    return gained, lost, binomtest(gained, gained + lost).pvalue if gained + lost else 1.0
 
 
 def main() -> None:
@@ -51,10 +59,7 @@ def main() -> None:
             stdout, seconds = run(["classify", head, cache, "--json"])
             results[flip] = (json.loads(stdout), seconds)
         (plain, plain_s), (flipped, flip_s) = results[False], results[True]
-        a, b = right_per_image(plain["predictions_csv"]), right_per_image(flipped["predictions_csv"])
-        gained = sum(b[i] and not a[i] for i in a)
-        lost = sum(a[i] and not b[i] for i in a)
-        p = binomtest(gained, gained + lost).pvalue if gained + lost else 1.0
+        gained, lost, p = paired(plain["predictions_csv"], flipped["predictions_csv"])
         print(f"{head:<10} {plain['test_accuracy']:>7.4f} {flipped['test_accuracy']:>7.4f} "
               f"{100 * (flipped['test_accuracy'] - plain['test_accuracy']):>+7.2f} {gained:>15} {lost:>16} "
               f"{p:>10.2g}  {plain_s:>8.1f}/{flip_s:<8.1f}  {plain['best_params']} / {flipped['best_params']}",

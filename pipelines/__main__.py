@@ -74,6 +74,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="for uneven classes: weight each class by the inverse of its train count in the loss "
                              "(and in the frozen heads), choose checkpoints and heads by balanced accuracy (the mean "
                              "of the classes' recalls)")
+    parser.add_argument("--flip", action="store_true",
+                        help="score every validation and test image (and, with predict, every new one) by the mean "
+                             "of its logits and its left-right mirror image's; the frozen strategies extract with "
+                             "extract --flip (features averaged the same way)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="of the train split, for early stopping")
     parser.add_argument("--seed", type=int, default=0,
                         help="for the validation split, initialisation and shuffling (default 0)")

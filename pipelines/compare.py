@@ -46,8 +46,8 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
                                   precision=config.precision, workers=config.workers)
     extracted = extract_to_cache(ExtractRequest(
         backbone=config.backbone, dataset=config.dataset, weights=config.weights, image_size=config.image_size,
-        layers=FROZEN_STRATEGIES[strategy], limit_per_class=config.limit_per_class, data_root=config.data_root,
-        cache_dir=cache_dir, settings=settings), log=log)
+        layers=FROZEN_STRATEGIES[strategy], flip=config.flip, limit_per_class=config.limit_per_class,
+        data_root=config.data_root, cache_dir=cache_dir, settings=settings), log=log)
     cache = open_cache(extracted.path)
     smallest = int(np.bincount(cache.load("train")[1]).min())
     layer = "best" if strategy == "frozen-layers" else None
@@ -114,7 +114,9 @@ def write_report(rows: list[dict], histories: dict, dataset: Dataset, config: Fi
              f"input {config.image_size or 'default'} px, up to {config.epochs} epochs (patience {config.patience}), "
              f"{config.optimizer} lr {config.base_lr} (head x{config.head_lr_mult}), {config.schedule} schedule"
              + ("; --balanced: classes weighted by the inverse of their train count in every loss, heads and "
-                "checkpoints chosen by balanced accuracy." if config.balanced else "."))
+                "checkpoints chosen by balanced accuracy" if config.balanced else "")
+             + ("; --flip: every image scored with its mirror image (frozen features averaged, fine-tuned logits "
+                "averaged)." if config.flip else "."))
     body = [f"# Frozen features vs fine-tuning: {config.backbone} on {dataset.name}", "", setup, "", table, "",
             "Frozen: features extracted once (through the feature cache) and the head chosen among "
             f"{', '.join(FROZEN_HEADS['frozen'])} by cross-validation on the train split (frozen-layers: logistic "

@@ -70,6 +70,7 @@ class FinetuneConfig:
     device: str = "auto"
     precision: str = "fp32"
     balanced: bool = False  # classes weighted by the inverse of their train count; checkpoints by balanced accuracy
+    flip: bool = False  # validation and test logits averaged with the mirror image's (frozen: extract --flip)
     workers: int | None = None
     out: str = "runs/finetune"
 
@@ -349,10 +350,19 @@ def autocast_settings(precision: str, device: torch.device) -> dict:
     return dict(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+def scored_logits(model: nn.Module, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
+    """The eval-mode model's logits, with `flip` the mean of each image's and its mirror image's (one pass of twice
+    the batch): how validation, test and new images are scored."""
+    if not flip:
+        return model(inputs)
+    own, mirrored = model(torch.cat([inputs, inputs.flip(-1)])).chunk(2)
+    return (own + mirrored) / 2
+
+
 class _Trainer:
     def __init__(self, model: nn.Module, preprocess: Preprocess, device: torch.device, precision: str, ranks: World,
-                 class_weights: torch.Tensor | None = None):
-        self.model, self.preprocess, self.device, self.ranks = model, preprocess, device, ranks
+                 class_weights: torch.Tensor | None = None, flip: bool = False):
+        self.model, self.preprocess, self.device, self.ranks, self.flip = model, preprocess, device, ranks, flip
         # gradients are averaged across ranks by DDP; evaluation runs the plain model on each rank's share
         self.train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.distributed else model
@@ -404,7 +414,7 @@ class _Trainer:
         parts = [empty]
         for images, _ in _batches(loader):
             with torch.autocast(**self.autocast):
-                logits = self.model(self.inputs(images))
+                logits = scored_logits(self.model, self.inputs(images), self.flip)
             parts.append(reduce(logits).cpu().numpy())
         return np.concatenate(self.ranks.gather(np.concatenate(parts)))
 
@@ -445,7 +455,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     optimizer = build_optimizer(parameter_groups(model, head, config), config)
     schedule = build_schedule(optimizer, config, len(train_loader))
     trainer = _Trainer(model, preprocess, device, config.precision, ranks, balanced_class_weights(
-        train_split.labels[train_idx], n_classes) if config.balanced else None)
+        train_split.labels[train_idx], n_classes) if config.balanced else None, config.flip)
     history, best_val, best_epoch, start_epoch, train_seconds, train_images = [], -1.0, 0, 1, 0.0, 0
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.exists():
@@ -468,7 +478,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     log(f"fine-tuning {config.backbone} ({config.mode}: {trainable:,} of {total:,} parameters trainable) on "
         f"{dataset.name}: {len(train_idx)} train / {len(val_idx)} val / {len(test_split)} test images, "
         f"{preprocess.crop_size} px, {device.type}" + (f", {ranks.size} processes" if ranks.distributed else "")
-        + (", classes weighted alike, checkpoints by validation balanced accuracy" if config.balanced else ""))
+        + (", classes weighted alike, checkpoints by validation balanced accuracy" if config.balanced else "")
+        + (", validation and test images scored with their mirror images" if config.flip else ""))
     stale = sum(1 for row in history if row["epoch"] > best_epoch)
     for epoch in range(start_epoch, config.epochs + 1):
         if stale >= config.patience:

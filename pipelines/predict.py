@@ -14,7 +14,7 @@ from extract.backbones import Preprocess
 from extract.errors import UsageError
 from extract.features import resolve_device
 from extract.pixels import normalize, resize_and_crop
-from pipelines.finetune import FinetuneConfig, autocast_settings, prepare_model
+from pipelines.finetune import FinetuneConfig, autocast_settings, prepare_model, scored_logits
 
 
 def load_finetuned(run: str | Path) -> tuple[torch.nn.Module, FinetuneConfig, Preprocess, list[str], float]:
@@ -42,8 +42,8 @@ def predict_finetuned(run: str | Path, paths: list[str], device: str = "auto", b
                       skip_bad: bool = False, min_probability: float | None = None,
                       log: Callable[[str], None] = print) -> Iterator[Prediction]:
     """A Prediction per image, in order, with the softmax probability of its class: as classify.predict does for a
-    saved head, and as the run scored its test split (same resize, crop, normalisation, precision and softmax
-    temperature)."""
+    saved head, and as the run scored its test split (same resize, crop, normalisation, precision, mirror image
+    with --flip, and softmax temperature)."""
     check_min_probability(min_probability)
     files = image_files(paths)
     model, config, preprocess, names, temperature = load_finetuned(run)
@@ -52,7 +52,8 @@ def predict_finetuned(run: str | Path, paths: list[str], device: str = "auto", b
     crop = functools.partial(resize_and_crop, preprocess=preprocess)
     for batch, images in readable_batches(files, batch_size, skip_bad, log):
         with torch.autocast(**autocast_settings(config.precision, target)):
-            logits = model(normalize(torch.stack([crop(image) for image in images]), preprocess, target))
+            logits = scored_logits(model, normalize(torch.stack([crop(image) for image in images]), preprocess,
+                                                    target), config.flip)
         probabilities, classes = (logits.float() / temperature).softmax(1).max(1)
         yield from marked((Prediction(path, names[int(k)], float(p))
                            for path, k, p in zip(batch, classes, probabilities, strict=True)), min_probability)

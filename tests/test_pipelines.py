@@ -84,13 +84,14 @@ def test_fit_temperature_finds_the_temperature_that_made_the_labels():
     assert fit_temperature(logits, logits.argmax(1)) == pytest.approx(1, abs=1e-3)
 
 
-def test_the_test_log_loss_is_of_the_best_checkpoints_softmax(sample_dir, tiny_dataset, tmp_path):
+@pytest.mark.parametrize("flip", [False, True])
+def test_the_test_log_loss_is_of_the_best_checkpoints_softmax(flip, sample_dir, tiny_dataset, tmp_path):
     from sklearn.metrics import log_loss
 
     from extract.pixels import normalize, resize_and_crop
     from pipelines.finetune import fit_temperature, validation_split
 
-    config = FinetuneConfig(dataset=str(sample_dir), mode="head", out=str(tmp_path), **TINY)
+    config = FinetuneConfig(dataset=str(sample_dir), mode="head", out=str(tmp_path), flip=flip, **TINY)
     result = finetune(config, dataset=tiny_dataset, log=lambda m: None)
     model, preprocess, _ = prepare_model(config, len(tiny_dataset.class_names))
     model.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=True)["model"])
@@ -98,7 +99,10 @@ def test_the_test_log_loss_is_of_the_best_checkpoints_softmax(sample_dir, tiny_d
     def logits(split, rows):
         pixels = torch.stack([resize_and_crop(split.image(i), preprocess) for i in rows])
         with torch.inference_mode():
-            return model.eval()(normalize(pixels, preprocess, torch.device("cpu"))).numpy()
+            inputs = normalize(pixels, preprocess, torch.device("cpu"))
+            own = model.eval()(inputs).numpy()
+            # --flip: each image scored by the mean of its logits and its mirror image's
+            return (own + model(inputs.flip(-1)).numpy()) / 2 if flip else own
 
     # the softmax temperature is fitted on the validation split, carved from train as for early stopping
     train = tiny_dataset.splits["train"]
@@ -117,9 +121,10 @@ def test_the_test_log_loss_is_of_the_best_checkpoints_softmax(sample_dir, tiny_d
     assert (tmp_path / "mistakes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_predict_classifies_new_images_as_the_run_scored_its_test_split(sample_dir, tmp_path, capsys):
+@pytest.mark.parametrize("flip", [False, True])
+def test_predict_classifies_new_images_as_the_run_scored_its_test_split(flip, sample_dir, tmp_path, capsys):
     run_folder = tmp_path / "run"
-    config = FinetuneConfig(dataset=str(sample_dir), mode="head", out=str(run_folder), **TINY)
+    config = FinetuneConfig(dataset=str(sample_dir), mode="head", out=str(run_folder), flip=flip, **TINY)
     result = finetune(config, log=print)
     assert "right among them" in capsys.readouterr().out  # the table that --min-probability is chosen by
     assert [row["min_probability"] for row in result.test_by_confidence] == [0.5, 0.7, 0.9, 0.95, 0.99]
@@ -169,7 +174,8 @@ def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
     code, stdout, _ = run(main, ["compare", "efficientnet_lite0", str(sample_dir), "--strategies",
                                  "frozen,frozen-layers,head",
                                  "--image-size", "48", "--limit-per-class", "4", "--epochs", "1", "--workers", "0",
-                                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json", "--balanced"],
+                                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json", "--balanced",
+                                 "--flip"],
                        capsys)
     assert code == 0
     rows = json.loads(stdout)
@@ -183,6 +189,9 @@ def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
     assert "val_balanced_accuracy" in torch.load(out / "head" / "best.pt", weights_only=True)
     report = (out / "report.md").read_text()
     assert "--balanced: classes weighted by the inverse of their train count" in report
+    # --flip: the frozen strategies on features averaged with the mirror image's, fine-tuning scored the same way
+    assert all("-flip__" in r["cache_file"] for r in rows[:2]) and "; --flip: every image scored" in report
+    assert json.loads((out / "head" / "result.json").read_text())["config"]["flip"]
     assert "| balanced accuracy |" in report and all(f"| {r['test_balanced_accuracy']:.4f} |" in report for r in rows)
     assert "| frozen |" in report and "| frozen-layers |" in report and "| head |" in report
     low, high = rows[0]["test_accuracy_interval"]
