@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from extract.backbones import TIMM_PREFIX, create_backbone, list_backbones  # noqa: E402
 from extract.errors import UsageError  # noqa: E402
 from extract.features import ExtractionSettings, Extractor  # noqa: E402
-from extract.pixels import normalize  # noqa: E402
+from extract.preprocess import normalize  # noqa: E402
 
 
 def check(name: str, size: int | None, compile_too: bool) -> str:
@@ -42,7 +42,7 @@ def check(name: str, size: int | None, compile_too: bool) -> str:
         return f"refused: {error}"
     crop = backbone.preprocess.crop_size
     images = torch.randint(0, 256, (4, 3, crop, crop), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    eager = extractor.features(images)
+    eager = extractor.batch_features(images)
     if not (np.isfinite(eager).all() and eager.shape == (4, extractor.feature_dim())):
         return f"FAILED: features {eager.shape}, finite {np.isfinite(eager).all()}"
     result = f"ok, {crop} px, {', '.join(layer for layer, _, _ in extractor.layout)}: {eager.shape[1]} columns"
@@ -52,8 +52,8 @@ def check(name: str, size: int | None, compile_too: bool) -> str:
     if compile_too:
         compiled = Extractor(create_backbone(name, weights, size), "avg",
                              ExtractionSettings(compile="on", batch_size=4), layers="all")
-        said = compiled.compile_for(len(images))
-        difference = np.abs(compiled.features(images) - eager).max() / np.abs(eager).max()
+        said = compiled.compile_if_it_pays(len(images))
+        difference = np.abs(compiled.batch_features(images) - eager).max() / np.abs(eager).max()
         result += f"; compiled: {said.split(' with ')[0]}, difference {difference:.1e}"
     return result
 

@@ -33,7 +33,7 @@ from extract_speed import row_cosine  # noqa: E402
 from extract.backbones import create_backbone  # noqa: E402
 from extract.datasets import load_image  # noqa: E402
 from extract.features import ExtractionSettings, Extractor  # noqa: E402
-from extract.pixels import resize_and_crop  # noqa: E402
+from extract.preprocess import resize_and_crop  # noqa: E402
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10" / "train"
 
@@ -87,7 +87,7 @@ def main() -> None:
             decoded = images[0].size
             pixels = torch.stack([resize_and_crop(image, backbone.preprocess) for image in images])
             seconds += time.perf_counter() - began
-            batches.append(extractor.features(pixels))
+            batches.append(extractor.batch_features(pixels))
         features, scores = np.concatenate(batches), probe_scores(np.concatenate(batches), labels)
         name = "(a) in full" if gap is None else f"reduced, gap {gap:g}"
         reference = reference or (features, scores)

@@ -28,8 +28,9 @@ sys.path.insert(0, str(REPO / "bench"))
 from extract_speed import pick_images, probe_accuracy, row_cosine  # noqa: E402
 
 from extract.backbones import create_backbone  # noqa: E402
-from extract.features import fold_batch_norms, keep_freed_memory  # noqa: E402
-from extract.pixels import normalize, resize_and_crop  # noqa: E402
+from extract.optimize import fold_batch_norms  # noqa: E402
+from extract.preprocess import normalize, resize_and_crop  # noqa: E402
+from extract.runtime import keep_freed_memory  # noqa: E402
 
 BATCH = 64
 

@@ -69,14 +69,14 @@ def main() -> None:
     args = parser.parse_args()
     extractor = Extractor(create_backbone("efficientnet_lite0"), "avg", ExtractionSettings(workers=0))
     train_files = class_files("train", args.per_class)
-    train = extractor.images(train_files)
-    others, _ = nearest_train(train, extractor.images(class_files("test", 100)))
+    train = extractor.image_features(train_files)
+    others, _ = nearest_train(train, extractor.image_features(class_files("test", 100)))
     originals = np.concatenate([np.arange(args.copies_per_class) + c * args.per_class for c in range(10)])
     images = [Image.open(train_files[i]).convert("RGB") for i in originals]
     print(f"{len(train_files)} train images; {len(originals)} near-copies made each way; {len(others)} other photos")
     print(f"{'':24s}" + "".join(f"  cosine >= {t:.2f}" for t in THRESHOLDS) + "  nearest is the original")
     for name, change in WAYS.items():
-        similarity, nearest = nearest_train(train, extractor.images([change(image) for image in images]))
+        similarity, nearest = nearest_train(train, extractor.image_features([change(image) for image in images]))
         found = nearest == originals
         print(f"{name:24s}" + "".join(f"{np.mean(found & (similarity >= t)):16.1%}" for t in THRESHOLDS)
               + f"{found.mean():25.1%}")

@@ -47,7 +47,7 @@ def main() -> None:
         assert list(data[0][split][2]) == list(data[1][split][2]), "the two caches hold other images"
     a, b = (np.concatenate([train[0], test[0]]) for train, test in data)
     cosine = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    precisions = [cache.attrs["precision"] for cache in caches]
+    precisions = [cache.info.precision for cache in caches]
     print(f"{caches[0].path.name} ({precisions[0]}) against {caches[1].path.name} ({precisions[1]})")
     print(f"{len(a)} images; feature cosine similarity: mean {cosine.mean():.5f}, 1st percentile "
           f"{np.percentile(cosine, 1):.5f}, min {cosine.min():.5f}\n", flush=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from classify.conventions import default_layer, output_base
 from classify.heads import LayerSelector
-from classify.mistakes import GALLERY_SIZE, image_files, plot_images, write_table
-from classify.train import default_layer, output_base
+from classify.mistakes import GALLERY_SIZE, cached_image_files, plot_images, write_table
 from extract.errors import UsageError
 from extract.store import open_cache
 
@@ -81,9 +81,9 @@ def find_duplicates(cache_path: str | Path, threshold: float = DEFAULT_THRESHOLD
                            ["test_id", "train_id", "similarity", "test_label", "train_label"],
                            ([test_ids[row], train_ids[nearest[row]], f"{similarity[row]:.4f}",
                              names[test_labels[row]], names[train_labels[nearest[row]]]] for row in test_rows))
-    source = cache.attrs.get("dataset_source", "")
-    pairs = [(row, test_file, train_file) for row, test_file in image_files(source, test_ids, test_rows)
-             for (_, train_file) in image_files(source, train_ids, nearest[[row]])][:GALLERY_SIZE // 2]
+    source = cache.info.dataset_source
+    pairs = [(row, test_file, train_file) for row, test_file in cached_image_files(source, test_ids, test_rows)
+             for (_, train_file) in cached_image_files(source, train_ids, nearest[[row]])][:GALLERY_SIZE // 2]
     png_path = None
     if pairs:
         files = [file for _, test_file, train_file in pairs for file in (test_file, train_file)]
@@ -92,7 +92,7 @@ def find_duplicates(cache_path: str | Path, threshold: float = DEFAULT_THRESHOLD
             f"train {names[train_labels[nearest[row]]]}, {similarity[row]:.3f}\n{train_file.name}")]
         png_path = plot_images(files, captions, Path(f"{base}.duplicates.png"),
                                f"test images and their most similar train image ({len(pairs)} of the {len(test_rows)} "
-                               f"pairs at cosine >= {threshold:g}, most similar first)\n{cache.attrs['backbone']} "
+                               f"pairs at cosine >= {threshold:g}, most similar first)\n{cache.info.backbone} "
                                f"{chosen} features")
     return Duplicates(test_rows, similarity, nearest, test_ids, train_ids, threshold, time.perf_counter() - started,
                       csv_path, png_path, accuracy_apart(base, test_ids, test_rows))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from classify.conventions import default_layer
 from classify.heads import LayerSelector
-from classify.train import default_layer
 from extract.errors import UsageError
 from extract.store import open_cache
 
@@ -76,6 +76,6 @@ def feature_map(cache_path: str | Path, layer: str | None = None, samples: int =
     log(f"t-SNE of {len(labels)} train images x {features.shape[1]} {selector.layer} features")
     base = cache.path.with_suffix("")
     path = Path(f"{base}.{layer}.map.png" if layer else f"{base}.map.png")
-    title = (f"{cache.attrs['backbone']} {selector.layer} features of {cache.attrs['dataset']}: "
+    title = (f"{cache.info.backbone} {selector.layer} features of {cache.info.dataset}: "
              f"{len(labels)} train images, t-SNE")
     return plot_feature_map(embed(features), labels, cache.class_names, path, title)

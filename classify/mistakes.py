@@ -60,7 +60,7 @@ def mistake_order(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray
     return wrong[np.lexsort((y_true[wrong], rank_in_class))]
 
 
-def image_files(source: str, ids: np.ndarray, rows: np.ndarray) -> list[tuple[int, Path]]:
+def cached_image_files(source: str, ids: np.ndarray, rows: np.ndarray) -> list[tuple[int, Path]]:
     """Up to GALLERY_SIZE of `rows`, in order, with the image file each one's id names; none where the ids are not
     files (torchvision's datasets, digits) or the dataset has moved."""
     files = ((row, sample_file(source, str(ids[row]))) for row in rows)
@@ -71,7 +71,7 @@ def plot_mistakes(source: str, ids: np.ndarray, y_true: np.ndarray, y_pred: np.n
                   confidence: np.ndarray | None, class_names: list[str], path: Path, title: str) -> Path | None:
     """Up to GALLERY_SIZE wrong test images in `mistake_order`, each with its true and predicted class (and that
     class's probability), as a PNG; None where there are no image files to show or no mistake."""
-    shown = image_files(source, ids, mistake_order(y_true, y_pred, confidence))
+    shown = cached_image_files(source, ids, mistake_order(y_true, y_pred, confidence))
     if not shown:
         return None
     captions = [f"{class_names[y_true[i]]}\n-> {class_names[y_pred[i]]}"

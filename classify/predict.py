@@ -18,7 +18,7 @@ from extract.features import ExtractionSettings, Extractor
 from extract.store import FLIP_KEY
 
 
-def image_files(paths: list[str]) -> list[str]:
+def expand_image_paths(paths: list[str]) -> list[str]:
     """The files as given, and each folder as the images under it (recursively, sorted), checked before any work."""
     files = []
     for path in paths:
@@ -58,7 +58,7 @@ def predict_images(model_path: str | Path, paths: list[str], device: str = "auto
         raise UsageError(f"--min-probability needs probabilities, which {Path(model_path).name} does not give; "
                          "train logreg or knn, or an SVM with --probability")
     source = metadata["provenance"]
-    files = image_files(paths)
+    files = expand_image_paths(paths)
     backbone = create_backbone(source["backbone"], source["weights"], int(source["image_size"]))
     if backbone.weights_sha256 != source["weights_sha256"]:
         raise UsageError(f"the {source['backbone']} weights ({source['weights']}) differ from those the model was "
@@ -71,7 +71,7 @@ def predict_images(model_path: str | Path, paths: list[str], device: str = "auto
                           layers=source["layer"], flip=FLIP_KEY in recorded)
     names = metadata["class_names"]
     for batch, images in readable_batches(files, batch_size, skip_bad, log):
-        yield from marked(_predict_batch(model, extractor.images(images), batch, names), min_probability)
+        yield from marked(_predict_batch(model, extractor.image_features(images), batch, names), min_probability)
 
 
 def readable_batches(files: list[str], batch_size: int, skip_bad: bool,

@@ -18,9 +18,9 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 
+from classify.conventions import check_cv, default_layer, output_base, short_name
 from classify.heads import LayerSelector, build_head, parse_grid
-from classify.mistakes import image_files, plot_images, write_table
-from classify.train import check_cv, default_layer, output_base, short_name
+from classify.mistakes import cached_image_files, plot_images, write_table
 from extract.store import open_cache
 
 
@@ -81,7 +81,7 @@ def find_suspects(cache_path: str | Path, layer: str | None = None, cv: int = 3,
                            ([ids[row], names[labels[row]], names[predicted[row]],
                              f"{probabilities[row, labels[row]]:.4f}", f"{probabilities[row, predicted[row]]:.4f}"]
                             for row in rows))
-    shown = image_files(cache.attrs.get("dataset_source", ""), ids, rows)
+    shown = cached_image_files(cache.info.dataset_source, ids, rows)
     png_path = None
     if shown:
         captions = [f"labelled {names[labels[r]]} {probabilities[r, labels[r]]:.2f}\nlooks like "
@@ -89,6 +89,6 @@ def find_suspects(cache_path: str | Path, layer: str | None = None, cv: int = 3,
         png_path = plot_images([file for _, file in shown], captions, Path(f"{base}.suspects.png"),
                                f"the {len(shown)} train images (of {len(labels)}) whose label the features disagree "
                                f"with most, of {len(rows)} suspects\nout-of-fold logreg on "
-                               f"{cache.attrs['backbone']} features; the numbers: the probability of each class")
+                               f"{cache.info.backbone} features; the numbers: the probability of each class")
     return Suspects(rows, names, ids, labels, predicted, probabilities, best_params, time.perf_counter() - started,
                     csv_path, png_path)

@@ -14,6 +14,7 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 
 from classify import heads
 from classify.cluster import sweep_backend
+from classify.conventions import check_cv, default_layer, imbalance_note, output_base, short_name
 from classify.evaluate import evaluate, plot_confusion
 from classify.heads import build_head, format_grid, is_number, parse_grid, svm_is_pairwise, with_probabilities
 from classify.mistakes import save_test_predictions
@@ -57,11 +58,6 @@ class TrainResult:
         return asdict(self)
 
 
-def short_name(param: str) -> str:
-    """'clf__C' -> 'C', 'layer__layer' -> 'layer': the names users write in --grid and see in reports."""
-    return param.split("__", 1)[-1]
-
-
 def grid_edge_note(grid: dict[str, list], cv_results: dict, best_index: int) -> str | None:
     """Where the best value of a numeric parameter is the grid's smallest or largest, and every fold scored it above
     the next value in (a slope toward the end, not a plateau or noise), the search stopped where the grid did and a
@@ -95,38 +91,6 @@ def grid_edge_note(grid: dict[str, list], cv_results: dict, best_index: int) -> 
     return None
 
 
-def check_cv(cv: int, labels: np.ndarray) -> None:
-    present = np.bincount(labels)
-    smallest = int(present[present > 0].min()) if present.any() else 0
-    if cv < 2:
-        raise UsageError(f"--cv must be 2 or more, not {cv}")
-    if cv > smallest:
-        raise UsageError(f"--cv {cv} is more than the {smallest} training images of the smallest class; "
-                         f"use --cv {max(2, smallest)} or fewer folds")
-
-
-IMBALANCE_NOTE_RATIO = 3  # largest over smallest train class at which a head without --balanced says so
-
-
-def classes_uneven(largest: int, smallest: int) -> bool:
-    """Train class sizes far enough apart that a head fitted for accuracy gives the small classes up."""
-    return largest >= IMBALANCE_NOTE_RATIO * smallest
-
-
-def imbalance_note(labels: np.ndarray, class_names: list[str]) -> str | None:
-    """Where the largest train class has IMBALANCE_NOTE_RATIO times the images of the smallest, a head fitted for
-    accuracy gives the small classes up (bench/imbalanced.py): say so, and what --balanced does."""
-    counts = np.bincount(labels, minlength=len(class_names))
-    present = np.flatnonzero(counts)
-    large, small = present[counts[present].argmax()], present[counts[present].argmin()]
-    if not classes_uneven(counts[large], counts[small]):
-        return None
-    return (f"note: the train split's classes are uneven ({counts[large]} images of {class_names[large]}, "
-            f"{counts[small]} of {class_names[small]}), and a head fitted for accuracy favours the large ones; "
-            "--balanced weights every class alike and chooses parameters by balanced accuracy (the mean of the "
-            "classes' recalls)")
-
-
 def check_grid_values(estimator, grid: dict[str, list], x: np.ndarray, y: np.ndarray, grid_text: str,
                       head: str) -> None:
     """scikit-learn checks parameter values only when it fits: fit each combination once on two samples per class,
@@ -151,12 +115,6 @@ def check_neighbours(grid: dict[str, list], folds: StratifiedKFold, y: np.ndarra
     if largest > fold:
         raise UsageError(f"--grid n_neighbors={largest}: the smallest of the {cv} cross-validation splits trains on "
                          f"{fold} images; use {fold} or fewer neighbours")
-
-
-def default_layer(layout: dict) -> str:
-    """penultimate when the cache holds it (what transfer learning usually reads), else its deepest layer."""
-    candidates = [name for name in layout if name != "logits"] or list(layout)
-    return "penultimate" if "penultimate" in layout else candidates[-1]
 
 
 def layer_grid(layer: str | None, layout: dict) -> tuple[str, list[str]]:
@@ -185,7 +143,7 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     if n_jobs == 0:
         raise UsageError("--n-jobs must not be 0; give -1 for every core, or a number of parallel fits")
     cache = open_cache(cache_path)
-    copies = int(cache.attrs.get("test_copies_of_train", 0))
+    copies = int(cache.info.test_copies_of_train)
     if copies:
         log(f"warning: {copies} test image(s) of this cache are byte-for-byte copies of train images (named when it "
             "was extracted): the test accuracy counts them as unseen")
@@ -244,11 +202,11 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     base = output_base(cache.path, layer)
     model_path = Path(f"{base}.{head}.joblib")
     png = plot_confusion(evaluation.confusion, cache.class_names, Path(f"{base}.{head}.confusion.png"),
-                         f"{head} on {cache.attrs['backbone']} features: test accuracy {evaluation.accuracy:.3f}")
+                         f"{head} on {cache.info.backbone} features: test accuracy {evaluation.accuracy:.3f}")
     predictions = Path(f"{base}.{head}.predictions.csv")
     mistakes = save_test_predictions(predictions, Path(f"{base}.{head}.mistakes.png"),
-                                     cache.attrs.get("dataset_source", ""), test_ids, y_test, y_pred, probabilities,
-                                     cache.class_names, f"{head} on {cache.attrs['backbone']} features: wrong test "
+                                     cache.info.dataset_source, test_ids, y_test, y_pred, probabilities,
+                                     cache.class_names, f"{head} on {cache.info.backbone} features: wrong test "
                                      "images, true -> predicted")
     cv_scores, layer_scores = _cv_tables(search, search_layers or [start_layer])
     selector = model.named_steps["layer"]
@@ -266,17 +224,11 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
         confusion_png=str(png), predictions_csv=str(predictions), mistakes_png=str(mistakes) if mistakes else None,
         n_wrong=int(np.sum(y_pred != y_test)), class_names=cache.class_names, report=evaluation.report,
         confusion=evaluation.confusion.tolist())
-    provenance = {k: cache.attrs[k] for k in ("backbone", "weights", "weights_sha256", "layer", "pool", "image_size",
-                                              "precision", "dataset", "dataset_fingerprint", "transform")}
+    recorded = cache.info.to_attrs()  # as the file holds them: what `predict` checks new images' features against
+    provenance = {k: recorded[k] for k in ("backbone", "weights", "weights_sha256", "layer", "pool", "image_size",
+                                           "precision", "dataset", "dataset_fingerprint", "transform")}
     save_model(model, model_path, {**result.to_dict(), "provenance": provenance})
     return result
-
-
-def output_base(cache_path: Path, layer: str | None) -> Path:
-    """Where a command's files about a cache go, less their suffix: beside the cache, named after it, and after the
-    layer where one was asked for (so the files of other layers than the default sit beside the default's)."""
-    base = cache_path.with_suffix("")
-    return Path(f"{base}.{layer}") if layer else base
 
 
 def class_probabilities(model, features: np.ndarray, n_classes: int) -> np.ndarray | None:

@@ -7,9 +7,11 @@ import sys
 
 from extract.distributed import shutdown, world
 from extract.errors import exit_cli
-from extract.features import COMPILE_MIN_IMAGES, COMPILE_MODES, DEFAULT_LAYER, POOLS, PRECISIONS, ExtractionSettings
+from extract.features import COMPILE_MIN_IMAGES, COMPILE_MODES, ExtractionSettings
+from extract.layers import DEFAULT_LAYER, POOLS
 from extract.options import add_data_arguments, add_device_argument
 from extract.run import ExtractRequest, extract_to_cache
+from extract.runtime import PRECISIONS
 from extract.store import DEFAULT_CACHE_DIR
 
 EPILOG = """examples:

@@ -19,7 +19,7 @@ def _feature_dim(name: str) -> int:
     import timm
     from torchvision import models
 
-    from extract.features import FeatureModel
+    from extract.layers import FeatureModel
 
     def build():
         if name in EFFICIENTNET_LITE:
@@ -38,8 +38,8 @@ def _feature_dim(name: str) -> int:
 
 def layer_table(name: str) -> str:
     """The layers `--layers` accepts for a backbone: module read, and feature width per pooling."""
-    from extract.backbones import create_backbone, feature_layers
-    from extract.features import FeatureModel
+    from extract.backbones import create_backbone
+    from extract.layers import FeatureModel, feature_layers
 
     model = create_backbone(name, weights="none").model
     points = feature_layers(model)

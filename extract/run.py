@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import shutil
 import signal
 import sys
@@ -21,12 +20,14 @@ from extract.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from extract.datasets import Dataset, Split, copies_warning, resolve_dataset
 from extract.distributed import World, shard, world
 from extract.errors import UsageError
-from extract.features import DEFAULT_LAYER, ExtractionSettings, Extractor
+from extract.features import ExtractionSettings, Extractor
+from extract.layers import DEFAULT_LAYER
+from extract.paths import CacheLock
 from extract.store import (
     DEFAULT_CACHE_DIR,
     FLIP_KEY,
     SUFFIX,
-    CacheLock,
+    CacheInfo,
     CacheWriter,
     RowDonor,
     SplitRows,
@@ -78,8 +79,9 @@ def library_versions() -> dict[str, str]:
             "pillow": PIL.__version__}
 
 
-def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool: str) -> dict:
-    """The root attributes of a cache entry: everything that decides its features, and how to read them."""
+def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool: str) -> CacheInfo:
+    """What a cache entry records before any feature is computed: everything that decides its features, and how to
+    read them."""
     preprocess = backbone.preprocess.to_dict()
     padded = backbone.preprocess.crop_mode == "border"
     preprocess["small_images"] = ("long side to the crop size, padded (PIL)" if padded else
@@ -87,16 +89,14 @@ def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool:
     preprocess["orientation"] = "EXIF orientation applied"
     if extractor.model.flip:  # only then: the identity of every entry without it stays what it was
         preprocess[FLIP_KEY] = "features averaged with those of the image mirrored left-right"
-    return {
-        "dataset": dataset.slug, "dataset_fingerprint": dataset.fingerprint, "class_names": dataset.class_names,
-        "backbone": backbone.name, "weights": backbone.weights, "weights_sha256": backbone.weights_sha256,
-        "layer": ",".join(name for name, _, _ in extractor.layout), "layer_module": extractor.model.layer_modules,
-        "layout": extractor.layout, "pool": pool,
-        "image_size": backbone.preprocess.crop_size, "precision": extractor.precision,
-        "transform": preprocess, "versions": library_versions(),
-        # where the data came from, so --verify can re-fingerprint it (not part of the cache identity)
-        "dataset_source": dataset.source, "limit_per_class": dataset.limit_per_class or 0,
-    }
+    return CacheInfo(
+        dataset=dataset.slug, dataset_fingerprint=dataset.fingerprint, class_names=dataset.class_names,
+        backbone=backbone.name, weights=backbone.weights, weights_sha256=backbone.weights_sha256,
+        layer=",".join(name for name, _, _ in extractor.layout), layer_module=extractor.model.layer_modules,
+        layout=[list(entry) for entry in extractor.layout], pool=pool,
+        image_size=backbone.preprocess.crop_size, precision=extractor.precision,
+        transform=preprocess, versions=library_versions(),
+        dataset_source=dataset.source, limit_per_class=dataset.limit_per_class or 0)
 
 
 def _stale_siblings(path: Path) -> list[Path]:
@@ -116,14 +116,14 @@ def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print
         log(dataset.note)
     backbone = create_backbone(request.backbone, request.weights, request.image_size)
     extractor = Extractor(backbone, request.pool, request.settings, request.layers, request.flip)
-    attrs = provenance(dataset, backbone, extractor, request.pool)
-    path = Path(request.cache_dir) / f"{entry_name(attrs)}{SUFFIX}"
+    info = provenance(dataset, backbone, extractor, request.pool)
+    path = Path(request.cache_dir) / f"{entry_name(info)}{SUFFIX}"
     if path.exists() and not request.force:
         log(f"reusing {path} (same dataset, weights, layer, pooling and transform; --force recomputes)")
         return ExtractResult(path, reused=True)
     donors = []
     for sibling in _stale_siblings(path) if ranks.is_main else ():
-        changed = identity_changes(sibling, attrs)
+        changed = identity_changes(sibling, info)
         if changed == ["dataset_fingerprint"] and not request.force and not ranks.distributed:
             donors.append(sibling)
             continue
@@ -131,11 +131,11 @@ def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print
                   else "the dataset files, weights or library versions differ")
         log(f"not reusing {sibling.name}: {reason}; computing a new entry")
     if ranks.distributed:
-        return _compute_sharded(dataset, extractor, attrs, path, request.skip_bad, ranks, log)
+        return _compute_sharded(dataset, extractor, info, path, request.skip_bad, ranks, log)
     with CacheLock(path):
         donor = _row_donor(max(donors, key=lambda p: p.stat().st_mtime_ns), dataset, log) if donors else None
         try:
-            return _compute(dataset, extractor, attrs, path, request.skip_bad, log, donor=donor)
+            return _compute(dataset, extractor, info, path, request.skip_bad, log, donor=donor)
         finally:
             if donor:
                 donor.close()
@@ -166,7 +166,7 @@ def _split_rows(dataset: Dataset) -> dict[str, SplitRows]:
     return {name: SplitRows(split.ids, split.labels, split.stamps) for name, split in dataset.splits.items()}
 
 
-def _compute_sharded(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, skip_bad: bool,
+def _compute_sharded(dataset: Dataset, extractor: Extractor, info: CacheInfo, path: Path, skip_bad: bool,
                      ranks: World, log: Callable[[str], None]) -> ExtractResult:
     """This rank's rows of every split into `<entry>.parts/rankR-of-N.h5` (resumable like any entry), then
     rank 0 joins the parts in rank order. Shares are cut at batch boundaries: same batches, same numbers."""
@@ -184,13 +184,13 @@ def _compute_sharded(dataset: Dataset, extractor: Extractor, attrs: dict, path: 
         rank_log(f"reusing {own} (this rank's share is complete)")
     else:
         with CacheLock(own):
-            _compute(share, extractor, attrs, own, skip_bad, rank_log, progress=ranks.is_main)
+            _compute(share, extractor, info, own, skip_bad, rank_log, progress=ranks.is_main)
     ranks.barrier()
     images = sum(len(split) for split in dataset.splits.values())
     if ranks.is_main:
         with CacheLock(path):
             seconds = time.perf_counter() - started
-            merge_parts(path, attrs, _split_rows(dataset),
+            merge_parts(path, info, _split_rows(dataset),
                         extractor.feature_dim(), parts, extract_seconds=seconds,
                         images_per_second=images / max(seconds, 1e-9), ranks=ranks.size,
                         compiled=extractor.compiled)
@@ -216,9 +216,9 @@ def interrupt_between_batches() -> Iterator[list[int]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, skip_bad: bool,
+def _compute(dataset: Dataset, extractor: Extractor, info: CacheInfo, path: Path, skip_bad: bool,
              log: Callable[[str], None], progress: bool = True, donor: RowDonor | None = None) -> ExtractResult:
-    writer = CacheWriter(path, attrs, _split_rows(dataset), extractor.feature_dim())
+    writer = CacheWriter(path, info, _split_rows(dataset), extractor.feature_dim())
     try:
         todo = {name: len(split) - writer.rows_written(name) for name, split in dataset.splits.items()}
         if donor:
@@ -226,13 +226,13 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
         if writer.resumed:
             log(f"resuming {writer.partial_path.name}: {sum(todo.values())} images left")
         device = extractor.device.type
-        log(f"extracting {attrs['backbone']} {attrs['layer']}-{attrs['pool']} features of {dataset.name} "
+        log(f"extracting {info.backbone} {info.layer}-{info.pool} features of {dataset.name} "
             f"({', '.join(f'{n} {len(s)}' for n, s in dataset.splits.items())}) on {device}, "
-            f"{attrs['image_size']} px, {attrs['precision']}")
+            f"{info.image_size} px, {info.precision}")
         if dataset.test_copies:
             log(copies_warning(dataset.test_copies))
         started, done, unreadable = time.perf_counter(), 0, 0  # the time includes compiling, if any
-        compiled = extractor.compile_for(sum(todo.values()))
+        compiled = extractor.compile_if_it_pays(sum(todo.values()))
         if compiled:
             log(compiled)
         with tqdm(total=sum(todo.values()), unit="img", file=sys.stderr, dynamic_ncols=True,
@@ -255,9 +255,9 @@ def _compute(dataset: Dataset, extractor: Extractor, attrs: dict, path: Path, sk
                     if interrupted:
                         raise KeyboardInterrupt
         seconds = time.perf_counter() - started
-        reused = {"rows_reused_from": donor.path.name} if donor else {}
         final = writer.finish(extract_seconds=seconds, images_per_second=done / max(seconds, 1e-9),
-                              compiled=extractor.compiled, test_copies_of_train=len(dataset.test_copies), **reused)
+                              compiled=extractor.compiled, test_copies_of_train=len(dataset.test_copies),
+                              rows_reused_from=donor.path.name if donor else "")
     finally:
         writer.close()
     left_out = f"; {unreadable} unreadable, left out" if unreadable else ""
@@ -275,12 +275,12 @@ def _rows_in_order(extractor: Extractor, split: Split, start: int, donor: RowDon
     """(first row, features, unreadable images, how many of the rows the network computed) from row `start` to the
     end, in row order: the donor's rows where it holds the image unchanged, the network's for the others."""
     if donor is None:
-        for row, features, errors in extractor.split(split, start):
+        for row, features, errors in extractor.split_features(split, start):
             yield row, features, errors, len(features)
         return
     missing = start + np.flatnonzero(~donor.held(split.name)[start:])
     row = start
-    for first, features, errors in extractor.split(split.subset(missing)) if len(missing) else ():
+    for first, features, errors in extractor.split_features(split.subset(missing)) if len(missing) else ():
         positions = missing[first:first + len(features)]
         runs = np.split(np.arange(len(positions)), np.flatnonzero(np.diff(positions) != 1) + 1)
         for n, run in enumerate(runs):  # each run of consecutive rows after the held rows before it
@@ -299,21 +299,21 @@ def verify_cache(path: str, data_root: str = "data") -> list[tuple[str, bool, st
     rows = check_file(path)
     if not rows[0][1]:
         return rows
-    attrs = open_cache(path).attrs
+    info = open_cache(path).info
     try:
-        backbone = create_backbone(attrs["backbone"], attrs["weights"], int(attrs["image_size"]))
-        rows.append(("weights sha256 matches", backbone.weights_sha256 == attrs["weights_sha256"],
-                     f"{attrs['weights']}: {attrs['weights_sha256'][:16]}..."))
+        backbone = create_backbone(info.backbone, info.weights, info.image_size)
+        rows.append(("weights sha256 matches", backbone.weights_sha256 == info.weights_sha256,
+                     f"{info.weights}: {info.weights_sha256[:16]}..."))
     except UsageError as error:
         rows.append(("weights available", False, str(error)))
-    source = attrs.get("dataset_source")
+    source = info.dataset_source or None
     try:
-        dataset = resolve_dataset(source, data_root, int(attrs.get("limit_per_class") or 0) or None, download=False)
-        rows.append(("dataset fingerprint matches", dataset.fingerprint == attrs["dataset_fingerprint"],
+        dataset = resolve_dataset(source, data_root, info.limit_per_class or None, download=False)
+        rows.append(("dataset fingerprint matches", dataset.fingerprint == info.dataset_fingerprint,
                      f"{source}: files, sizes, mtimes and labels"))
     except (UsageError, TypeError) as error:
         rows.append(("dataset available", False, f"{source}: {error}"))
-    versions = json.loads(attrs["versions"])
+    versions = info.versions
     now = library_versions()
     rows.append(("library versions match", versions == now,
                  ", ".join(f"{k} {versions.get(k)}" + ("" if versions.get(k) == v else f" (now {v})")

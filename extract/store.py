@@ -1,17 +1,13 @@
-"""The HDF5 feature cache: the only module that knows the file layout.
+"""The HDF5 feature cache: the only module that knows the file layout. Its root attributes are the fields of
+`CacheInfo`, written and read through it alone (no other module touches an attribute by its string key).
 
 Layout of one cache entry (one file per dataset x backbone x weights x layer x pooling x input size):
 
-    /                 attrs: format_version, complete, backbone, weights, weights_sha256, layer (the layers,
-                             comma-separated), layer_module (JSON: layer -> module), layout (JSON: [layer, first
-                             column, end column] of each layer in `features`), pool, image_size, precision,
-                             transform (JSON; its 'flip' key marks features averaged with the mirror image's),
-                             class_names (JSON), dataset, dataset_fingerprint, versions (JSON),
-                             feature_dim, created, extract_seconds, images_per_second, compiled (of the run that
-                             finished the file), ranks (torchrun processes, when more than one)
+    /                 attrs: the fields of `CacheInfo` (dicts and lists as JSON)
     /<split>/features float32 (N, D), chunked, written as computed; several layers sit side by side
     /<split>/labels   int64 (N,)
     /<split>/ids      UTF-8 strings (N,): file path relative to the dataset root, or index
+    /<split>/stamps   int64 (N, 2): (size, mtime_ns) of each image file, where the samples are files
     /<split>          attrs: num_samples, rows_written, skipped (JSON list of ids that could not be read)
 
 A file is written as `<entry>.h5.partial` and renamed to `<entry>.h5` only when every split is written,
@@ -22,63 +18,123 @@ Under torchrun each rank writes its rows as such a file in `<entry>.parts/` and 
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
-import resource
-import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from extract.errors import UsageError, make_folder
-from extract.paths import name_in_paths
+from extract.errors import UsageError
+from extract.paths import check_free_space, name_in_paths
 
 FORMAT_VERSION = 2  # 2 added several layers per file (`layout`); format 1 files (one layer) are still read
 READABLE_FORMATS = (1, 2)
 SUFFIX = ".h5"
 DEFAULT_CACHE_DIR = "cache"
 PARTIAL_SUFFIX = ".h5.partial"
-# Attributes that decide what the features are: an entry is reused only if all of them match.
-IDENTITY_ATTRS = ("dataset", "dataset_fingerprint", "backbone", "weights", "weights_sha256", "layer", "pool",
-                  "image_size", "precision", "transform", "versions")
-# The key of `transform` that marks features averaged with the mirror image's (`extract --flip`); absent otherwise
+# The key of `CacheInfo.transform` that marks features averaged with the mirror image's (`extract --flip`)
 FLIP_KEY = "flip"
 
 
-def entry_name(attrs: dict) -> str:
-    """Readable prefix (what a person looks for) plus a hash of every attribute that decides the features."""
-    weights = attrs["weights"]
+@dataclass
+class CacheInfo:
+    """Every root attribute of a cache entry, typed. The fields up to `versions` decide what the features are: an
+    entry is reused only if all of them match (`IDENTITY_FIELDS`), and their hash is part of its name."""
+
+    dataset: str  # the dataset's name, as it appears in file names
+    dataset_fingerprint: str  # sha256 of the sample ids, labels and (for files) sizes and mtimes
+    backbone: str
+    weights: str  # "none", a weights enum or tag, "package:imagenet", or a state-dict file's path
+    weights_sha256: str
+    layer: str  # the layers, comma-separated
+    pool: str
+    image_size: int
+    precision: str
+    transform: dict  # the preprocessing; its FLIP_KEY marks features averaged with the mirror image's
+    versions: dict  # of the libraries that change the numbers
+    class_names: list[str] = field(default_factory=list)
+    layer_module: dict[str, str] = field(default_factory=dict)  # layer -> the module it is read from
+    layout: list[list] | None = None  # [layer, first column, end column] of each layer; None in format 1
+    dataset_source: str = ""  # where the data came from, so --verify can fingerprint it again
+    limit_per_class: int = 0
+    # written with the file
+    format_version: int = FORMAT_VERSION
+    complete: bool = False
+    feature_dim: int = 0
+    # of the run that finished the file
+    created: str = ""
+    extract_seconds: float = 0.0
+    images_per_second: float = 0.0
+    compiled: bool = False
+    ranks: int = 1  # torchrun processes
+    test_copies_of_train: int = 0  # test files that are byte copies of train files
+    rows_reused_from: str = ""  # the earlier entry whose rows of unchanged files were copied
+
+    @classmethod
+    def from_attrs(cls, attrs) -> CacheInfo:
+        """Read from an HDF5 attribute set; fields an older file lacks keep their defaults."""
+        names = {f.name for f in fields(cls)}
+        values = {}
+        for key, value in attrs.items():
+            if key in names:
+                value = value.item() if isinstance(value, np.generic) else value
+                values[key] = json.loads(value) if key in _JSON_FIELDS and isinstance(value, str) else value
+        return cls(**values)
+
+    def to_attrs(self) -> dict:
+        """What HDF5 stores: dicts and lists as JSON text, the rest as they are."""
+        return {f.name: _encoded(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def identity(self) -> dict:
+        return {name: getattr(self, name) for name in IDENTITY_FIELDS}
+
+    @property
+    def flip(self) -> bool:
+        return FLIP_KEY in self.transform
+
+
+IDENTITY_FIELDS = ("dataset", "dataset_fingerprint", "backbone", "weights", "weights_sha256", "layer", "pool",
+                   "image_size", "precision", "transform", "versions")
+_JSON_FIELDS = ("transform", "versions", "class_names", "layer_module", "layout")
+
+
+def _encoded(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list | tuple) else value
+
+
+def entry_name(info: CacheInfo) -> str:
+    """Readable prefix (what a person looks for) plus a hash of every field that decides the features."""
+    weights = info.weights
     if weights == "none":
         weights_slug = "random"
     elif "/" in weights:
         weights_slug = Path(weights).stem
     else:  # "ResNet18_Weights.IMAGENET1K_V1" -> IMAGENET1K_V1, "package:imagenet" -> imagenet, "timm:TAG" -> TAG
         weights_slug = weights.split(".")[-1].split(":")[-1]
-    flip = "-flip" if FLIP_KEY in attrs["transform"] else ""
-    readable = (f"{attrs['dataset']}__{name_in_paths(attrs['backbone'])}__{weights_slug}__"
-                f"{attrs['layer']}-{attrs['pool']}{flip}__{attrs['image_size']}px")
-    identity = json.dumps({k: attrs[k] for k in IDENTITY_ATTRS}, sort_keys=True)
+    flip = "-flip" if info.flip else ""
+    readable = (f"{info.dataset}__{name_in_paths(info.backbone)}__{weights_slug}__"
+                f"{info.layer}-{info.pool}{flip}__{info.image_size}px")
+    identity = json.dumps(info.identity(), sort_keys=True)
     return f"{readable}__{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 
 
-def identity_changes(path: Path, attrs: dict) -> list[str]:
-    """The identity attributes of the entry at `path` that differ from `attrs` (why it is not reused); [] if it
-    cannot be read."""
+def identity_changes(path: Path, info: CacheInfo) -> list[str]:
+    """The identity fields of the entry at `path` that differ from `info` (why it is not reused); [] if it cannot
+    be read."""
     try:
         with h5py.File(path, "r") as file:
-            return _identity_changes_in(file, attrs)
+            return _identity_changes_in(file, info)
     except OSError:
         return []
 
 
-def _identity_changes_in(file: h5py.File, attrs: dict) -> list[str]:
-    return [k for k in IDENTITY_ATTRS if file.attrs.get(k) != _attr_value(attrs[k])]
+def _identity_changes_in(file: h5py.File, info: CacheInfo) -> list[str]:
+    return [name for name in IDENTITY_FIELDS if file.attrs.get(name) != _encoded(getattr(info, name))]
 
 
 @dataclass
@@ -90,68 +146,36 @@ class SplitRows:
     stamps: np.ndarray | None = None  # (size, mtime_ns) per image file, where the samples are files
 
 
-class CacheLock:
-    """An exclusive lock on one cache entry, so two processes never write the same file."""
-
-    def __init__(self, path: Path):
-        self.path = path.with_suffix(".lock")
-        self.handle = None
-
-    def __enter__(self) -> CacheLock:
-        make_folder(self.path.parent, "--cache-dir")
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "unknown"
-            self.handle.close()
-            raise UsageError(f"another process (PID {holder}) is writing {self.path.with_suffix(SUFFIX).name}; "
-                             "wait for it to finish, then run again") from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(str(os.getpid()))
-        self.handle.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.close()
-        self.path.unlink(missing_ok=True)
-
-
 class CacheWriter:
     """Writes features in chunks into `<entry>.h5.partial`, resumable; `finish()` makes the `.h5`."""
 
-    def __init__(self, final_path: Path, attrs: dict, splits: dict[str, SplitRows], feature_dim: int):
+    def __init__(self, final_path: Path, info: CacheInfo, splits: dict[str, SplitRows], feature_dim: int):
         self.final_path = final_path
         self.partial_path = final_path.with_suffix(PARTIAL_SUFFIX)
-        self.resumed = self._can_resume(attrs, splits, feature_dim)
+        self.resumed = self._can_resume(info, splits, feature_dim)
         if not self.resumed:
             check_free_space(final_path.parent, _bytes_needed(splits, feature_dim))
         if self.resumed:
             self.file = h5py.File(self.partial_path, "a")
         else:
             self.file = h5py.File(self.partial_path, "w")
-            self._create(attrs, splits, feature_dim)
+            self._create(info, splits, feature_dim)
 
-    def _can_resume(self, attrs: dict, splits: dict[str, SplitRows], feature_dim: int) -> bool:
+    def _can_resume(self, info: CacheInfo, splits: dict[str, SplitRows], feature_dim: int) -> bool:
         if not self.partial_path.exists():
             return False
         try:
             with h5py.File(self.partial_path, "r") as old:
-                same = not _identity_changes_in(old, attrs)
-                same = same and int(old.attrs["feature_dim"]) == feature_dim
+                same = not _identity_changes_in(old, info)
+                same = same and CacheInfo.from_attrs(old.attrs).feature_dim == feature_dim
                 return same and all(name in old and old[name].attrs["num_samples"] == len(rows.ids)
                                     for name, rows in splits.items())
         except (OSError, KeyError):
             return False  # a file torn by a kill mid-write: start it again
 
-    def _create(self, attrs: dict, splits: dict[str, SplitRows], feature_dim: int) -> None:
-        for key, value in attrs.items():
-            self.file.attrs[key] = _attr_value(value)
-        self.file.attrs["format_version"] = FORMAT_VERSION
-        self.file.attrs["complete"] = False
-        self.file.attrs["feature_dim"] = feature_dim
+    def _create(self, info: CacheInfo, splits: dict[str, SplitRows], feature_dim: int) -> None:
+        started = replace(info, format_version=FORMAT_VERSION, complete=False, feature_dim=feature_dim)
+        self.file.attrs.update(started.to_attrs())
         for name, rows in splits.items():
             group = self.file.create_group(name)
             count = len(rows.ids)
@@ -185,11 +209,11 @@ class CacheWriter:
             group = self.file[split]
             group.attrs["skipped"] = json.dumps(json.loads(group.attrs["skipped"]) + list(skipped))
 
-    def finish(self, **extra_attrs) -> Path:
-        for key, value in extra_attrs.items():
-            self.file.attrs[key] = value
-        self.file.attrs["complete"] = True
-        self.file.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    def finish(self, **run_fields) -> Path:
+        """Record the run's `CacheInfo` fields (extract_seconds, compiled, ...), mark the file complete, rename it."""
+        info = CacheInfo.from_attrs(self.file.attrs)
+        info = replace(info, **run_fields, complete=True, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self.file.attrs.update(info.to_attrs())
         self.file.close()
         os.replace(self.partial_path, self.final_path)
         return self.final_path
@@ -237,7 +261,7 @@ class RowDonor:
         """(first row, features) of rows [start, stop) of `split`, every one of them held, a chunk at a time."""
         for first in range(start, stop, self.COPY_ROWS):
             sources = self.sources[split][first:min(stop, first + self.COPY_ROWS)]
-            features = np.empty((len(sources), int(self.file.attrs["feature_dim"])), dtype=np.float32)
+            features = np.empty((len(sources), CacheInfo.from_attrs(self.file.attrs).feature_dim), dtype=np.float32)
             for name in {name for name, _ in sources}:
                 at = np.asarray([i for i, (n, _) in enumerate(sources) if n == name])
                 rows = np.asarray([sources[i][1] for i in at])
@@ -253,10 +277,10 @@ class RowDonor:
         self.file.close()
 
 
-def merge_parts(final_path: Path, attrs: dict, splits: dict[str, SplitRows], feature_dim: int, parts: list[Path],
-                **extra_attrs) -> Path:
+def merge_parts(final_path: Path, info: CacheInfo, splits: dict[str, SplitRows], feature_dim: int, parts: list[Path],
+                **run_fields) -> Path:
     """Join complete part files (each a run of consecutive rows of every split, in order) into one entry."""
-    writer = CacheWriter(final_path, attrs, splits, feature_dim)
+    writer = CacheWriter(final_path, info, splits, feature_dim)
     try:
         for name in splits:
             row = 0
@@ -270,7 +294,7 @@ def merge_parts(final_path: Path, attrs: dict, splits: dict[str, SplitRows], fea
                     writer.add_skipped(name, json.loads(group.attrs["skipped"]))
             if row != len(splits[name].ids):
                 raise RuntimeError(f"the parts hold {row} rows of {name}, the dataset {len(splits[name].ids)}")
-        return writer.finish(**extra_attrs)
+        return writer.finish(**run_fields)
     finally:
         writer.close()
 
@@ -282,18 +306,6 @@ def _bytes_needed(splits: dict[str, SplitRows], feature_dim: int) -> int:
     return rows * (4 * feature_dim + 8) + ids + (1 << 20)
 
 
-def check_free_space(directory: Path, needed: int) -> None:
-    """Refuse to start a file the disk (or the process's file-size limit) cannot hold."""
-    make_folder(directory, "--cache-dir")
-    free = shutil.disk_usage(directory).free
-    soft_limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if soft_limit != resource.RLIM_INFINITY:
-        free = min(free, soft_limit)
-    if needed > free:
-        raise UsageError(f"the features need {needed / 1e6:.1f} MB but only {free / 1e6:.1f} MB can be written in "
-                         f"{directory}; free some space or pass --cache-dir on another disk")
-
-
 def _kept_rows(group: h5py.Group) -> tuple[np.ndarray, np.ndarray, set[str]]:
     """A split's ids, the mask of rows whose image was read (not in `skipped`), and the skipped ids."""
     ids = group["ids"].asstr()[...]
@@ -301,32 +313,29 @@ def _kept_rows(group: h5py.Group) -> tuple[np.ndarray, np.ndarray, set[str]]:
     return ids, np.asarray([i not in skipped for i in ids], dtype=bool), skipped
 
 
-def _attr_value(value):
-    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list | tuple) else value
-
-
 class FeatureCache:
-    """A complete cache entry, read back: attributes, class names and each split's features."""
+    """A complete cache entry, read back: its `CacheInfo` and each split's features."""
 
-    def __init__(self, path: Path, attrs: dict, splits: list[str]):
+    def __init__(self, path: Path, info: CacheInfo, splits: list[str]):
         self.path = path
-        self.attrs = attrs
+        self.info = info
         self.splits = splits
 
     @property
     def class_names(self) -> list[str]:
-        return json.loads(self.attrs["class_names"])
+        return self.info.class_names
 
     @property
     def layout(self) -> dict[str, tuple[int, int]]:
         """Layer name -> (first column, end column) in the features; a format-1 file holds one layer."""
-        if "layout" not in self.attrs:
-            return {self.attrs["layer"]: (0, int(self.attrs["feature_dim"]))}
-        return {name: (start, stop) for name, start, stop in json.loads(self.attrs["layout"])}
+        if self.info.layout is None:
+            return {self.info.layer: (0, self.info.feature_dim)}
+        return {name: (start, stop) for name, start, stop in self.info.layout}
 
     def describe(self) -> str:
-        return (f"{self.attrs['backbone']} ({self.attrs['weights']}) {self.attrs['layer']}-{self.attrs['pool']} "
-                f"features of {self.attrs['dataset']} at {self.attrs['image_size']} px")
+        info = self.info
+        return f"{info.backbone} ({info.weights}) {info.layer}-{info.pool} features of {info.dataset} at " \
+               f"{info.image_size} px"
 
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features, labels and ids of a split, without the rows of images that could not be read."""
@@ -347,7 +356,7 @@ def open_cache(path: str | os.PathLike) -> FeatureCache:
         raise UsageError(f"cache file {path} does not exist; run `python -m extract BACKBONE DATASET` first")
     try:
         with h5py.File(path, "r") as file:
-            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in file.attrs.items()}
+            attrs = dict(file.attrs)
             splits = [k for k in file if isinstance(file[k], h5py.Group)]
     except OSError as error:
         if error.errno == errno.ENOENT:
@@ -356,12 +365,13 @@ def open_cache(path: str | os.PathLike) -> FeatureCache:
     if "format_version" not in attrs:
         raise UsageError(f"{path} is an HDF5 file but not a feature cache (it has no format_version); give a file "
                          "that `python -m extract` wrote")
-    if attrs["format_version"] not in READABLE_FORMATS:
-        raise UsageError(f"{path} was written in cache format {attrs['format_version']}, this version "
+    info = CacheInfo.from_attrs(attrs)
+    if info.format_version not in READABLE_FORMATS:
+        raise UsageError(f"{path} was written in cache format {info.format_version}, this version "
                          f"reads {' and '.join(map(str, READABLE_FORMATS))}; rerun extract with --force to rebuild it")
-    if not attrs.get("complete"):
+    if not info.complete:
         raise UsageError(f"{path} is not marked complete; rerun the extract command that made it")
-    return FeatureCache(path, attrs, splits)
+    return FeatureCache(path, info, splits)
 
 
 def check_file(path: str | os.PathLike) -> list[tuple[str, bool, str]]:
@@ -370,7 +380,7 @@ def check_file(path: str | os.PathLike) -> list[tuple[str, bool, str]]:
         cache = open_cache(path)
     except UsageError as error:
         return [("readable, complete, known format", False, str(error))]
-    rows = [("readable, complete, known format", True, f"format {cache.attrs['format_version']}, {cache.describe()}")]
+    rows = [("readable, complete, known format", True, f"format {cache.info.format_version}, {cache.describe()}")]
     classes = len(cache.class_names)
     with h5py.File(cache.path, "r") as file:
         for split in cache.splits:

@@ -21,12 +21,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+from classify.conventions import classes_uneven
 from classify.heads import build_head
-from classify.train import classes_uneven
 from extract.backbones import DEFAULT_BACKBONE
 from extract.datasets import resolve_dataset
 from extract.errors import UsageError
-from extract.features import ExtractionSettings, NoLogitsError
+from extract.features import ExtractionSettings
+from extract.layers import NoLogitsError
 from extract.run import ExtractRequest, extract_to_cache
 from extract.store import DEFAULT_CACHE_DIR, open_cache
 

@@ -61,7 +61,7 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
             "test_balanced_accuracy": best.test_balanced_accuracy, "macro_f1": best.macro_f1,
             "test_log_loss": best.test_log_loss, "seconds": time.perf_counter() - started,
             "trainable_params": fitted_parameter_count(model),
-            "images_per_second": float(cache.attrs.get("images_per_second", 0.0)),
+            "images_per_second": float(cache.info.images_per_second),
             "detail": f"{best.head} on {best.layer} {best.best_params}, cv {best.scoring.replace('_', ' ')} "
                       f"{best.cv_accuracy:.4f}",
             "test_predictions": read_test_predictions(best.predictions_csv, best.class_names).tolist(),

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import torch
 
-from classify.predict import Prediction, check_min_probability, image_files, marked, readable_batches
-from extract.backbones import Preprocess
+from classify.predict import Prediction, check_min_probability, expand_image_paths, marked, readable_batches
 from extract.errors import UsageError
-from extract.features import resolve_device
-from extract.pixels import normalize, resize_and_crop
-from pipelines.finetune import FinetuneConfig, autocast_settings, prepare_model, scored_logits
+from extract.preprocess import Preprocess, normalize, resize_and_crop
+from extract.runtime import autocast, resolve_device
+from pipelines.finetune import FinetuneConfig, prepare_model, scored_logits
 
 
 def load_finetuned(run: str | Path) -> tuple[torch.nn.Module, FinetuneConfig, Preprocess, list[str], float]:
@@ -45,13 +44,13 @@ def predict_finetuned(run: str | Path, paths: list[str], device: str = "auto", b
     saved head, and as the run scored its test split (same resize, crop, normalisation, precision, mirror image
     with --flip, and softmax temperature)."""
     check_min_probability(min_probability)
-    files = image_files(paths)
+    files = expand_image_paths(paths)
     model, config, preprocess, names, temperature = load_finetuned(run)
     target = resolve_device(device)
     model.to(target).to(memory_format=torch.channels_last)
     crop = functools.partial(resize_and_crop, preprocess=preprocess)
     for batch, images in readable_batches(files, batch_size, skip_bad, log):
-        with torch.autocast(**autocast_settings(config.precision, target)):
+        with autocast(config.precision, target):
             logits = scored_logits(model, normalize(torch.stack([crop(image) for image in images]), preprocess,
                                                     target), config.flip)
         probabilities, classes = (logits.float() / temperature).softmax(1).max(1)

@@ -34,6 +34,13 @@ def lite_cache(sample_dir, tmp_path_factory) -> Path:
     return path
 
 
+def placeholder_info(**fields):
+    """A cache entry's `CacheInfo` with placeholder identity fields, for files written without images behind them."""
+    from extract.store import IDENTITY_FIELDS, CacheInfo
+
+    return CacheInfo(**{**{name: "x" for name in IDENTITY_FIELDS}, "transform": {}, "versions": {}, **fields})
+
+
 def run(main, argv: list[str], capsys) -> tuple[int, str, str]:
     """Run a CLI main in-process the way `python -m` does; return exit code, stdout, stderr."""
     code = run_cli(main, argv)

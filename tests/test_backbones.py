@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from extract.backbones import create_backbone, penultimate_layer
+from extract.backbones import create_backbone
 from extract.errors import UsageError
-from extract.features import ExtractionSettings, Extractor, FeatureModel
+from extract.features import ExtractionSettings, Extractor
+from extract.layers import FeatureModel, penultimate_layer
 from extract.paths import file_sha256
-from extract.pixels import normalize, resize_and_crop
+from extract.preprocess import normalize, resize_and_crop
 
 
 def imagenet_top1(backbone, image) -> str:
@@ -121,8 +122,8 @@ def test_max_pool_differs_from_avg_and_is_refused_where_the_model_pools_itself()
     image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
     from PIL import Image
 
-    avg = Extractor(backbone, "avg", ExtractionSettings()).images([Image.fromarray(image)])
-    peak = Extractor(backbone, "max", ExtractionSettings()).images([Image.fromarray(image)])
+    avg = Extractor(backbone, "avg", ExtractionSettings()).image_features([Image.fromarray(image)])
+    peak = Extractor(backbone, "max", ExtractionSettings()).image_features([Image.fromarray(image)])
     assert avg.shape == peak.shape == (1, 512) and np.all(peak >= avg - 1e-5) and not np.allclose(avg, peak)
     with pytest.raises(UsageError, match="only --pool avg .*; --layers stage5 --pool max pools its last feature map"):
         FeatureModel(create_backbone("densenet121", weights="none").model, "max")
@@ -137,7 +138,8 @@ def test_a_vit_takes_another_input_size_through_resized_position_embeddings():
     native_grid, small_grid = native.model.encoder.pos_embedding[0, 1:], small.model.encoder.pos_embedding[0, 1:]
     assert torch.equal(small.model.encoder.pos_embedding[0, 0], native.model.encoder.pos_embedding[0, 0])
     assert small_grid.abs().max() <= native_grid.abs().max() * 1.2
-    features = Extractor(small, "avg", ExtractionSettings()).features(torch.zeros(2, 3, 96, 96, dtype=torch.uint8))
+    extractor = Extractor(small, "avg", ExtractionSettings())
+    features = extractor.batch_features(torch.zeros(2, 3, 96, 96, dtype=torch.uint8))
     assert features.shape == (2, 768) and np.isfinite(features).all()
     with pytest.raises(UsageError, match="16 px patches: use an --image-size that is a multiple of 16, such as 96"):
         create_backbone("vit_b_16", weights="none", image_size=100)

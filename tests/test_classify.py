@@ -504,14 +504,16 @@ def test_sample_ids_name_files_of_folders_and_tables_only(sample_dir, tmp_path):
 
 def _synthetic_cache(path, splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str]):
     """A complete cache entry of given (features, labels) per split, as extract writes one (no images behind it)."""
-    from extract.store import IDENTITY_ATTRS, CacheWriter, SplitRows
+    from conftest import placeholder_info
+
+    from extract.store import CacheWriter, SplitRows
 
     width = next(iter(splits.values()))[0].shape[1]
-    attrs = {**{k: "x" for k in IDENTITY_ATTRS}, "backbone": "synthetic", "class_names": class_names,
-             "layer": "penultimate", "layout": [["penultimate", 0, width]]}
+    info = placeholder_info(backbone="synthetic", class_names=class_names, layer="penultimate",
+                            layout=[["penultimate", 0, width]])
     rows = {name: SplitRows([f"{name}{n}" for n in range(len(labels))], labels)
             for name, (_, labels) in splits.items()}
-    writer = CacheWriter(path, attrs, rows, width)
+    writer = CacheWriter(path, info, rows, width)
     for name, (features, _) in splits.items():
         writer.write(name, 0, features.astype(np.float32))
     return writer.finish()

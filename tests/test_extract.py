@@ -16,17 +16,10 @@ from extract.__main__ import main
 from extract.backbones import create_backbone
 from extract.datasets import copies_across_splits, hold_out, load_image, resolve_dataset
 from extract.errors import UsageError, exit_cli
-from extract.features import (
-    ExtractionSettings,
-    Extractor,
-    StaticSamePadConv,
-    _megapixels,
-    default_batch_size,
-    default_workers,
-    fold_batch_norms,
-    static_same_padding,
-)
-from extract.pixels import resize_or_defer, stack_at_crop
+from extract.features import ExtractionSettings, Extractor, _megapixels
+from extract.optimize import StaticSamePadConv, fold_batch_norms, static_same_padding
+from extract.preprocess import resize_or_defer, stack_at_crop
+from extract.runtime import default_batch_size, default_workers
 from extract.store import open_cache
 
 
@@ -63,9 +56,27 @@ def test_cached_features_equal_a_direct_forward_pass_in_order(lite_cache, sample
     extractor = Extractor(create_backbone("efficientnet_lite0", image_size=96), "avg", ExtractionSettings())
     assert not extractor.prepared  # building one (a cache hit needs no more) leaves the weights alone
     picked = [0, 17, 59]
-    direct = extractor.images([load_image(sample_dir / ids[i], ids[i]) for i in picked])
+    direct = extractor.image_features([load_image(sample_dir / ids[i], ids[i]) for i in picked])
     assert extractor.prepared
     np.testing.assert_allclose(direct, features[picked], rtol=1e-4, atol=1e-4)
+
+
+def test_the_model_handed_to_an_extractor_is_left_as_it_was(sample_dir):
+    """The extractor folds batch norms, makes 'same' paddings static and changes the memory format, on its own copy:
+    the caller's model keeps its modules, its weights and its outputs."""
+    backbone = create_backbone("efficientnet_lite0", image_size=64)
+    modules = [(name, type(module)) for name, module in backbone.model.named_modules()]
+    weights = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    probe = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = backbone.model(probe)
+    extractor = Extractor(backbone, "avg", ExtractionSettings(compile="off"))
+    extractor.image_features([load_image(sample_dir / "test" / "cat" / "0000.jpg", "cat")])
+    assert extractor.prepared
+    assert [(name, type(module)) for name, module in backbone.model.named_modules()] == modules
+    assert all(torch.equal(weights[k], v) for k, v in backbone.model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(backbone.model(probe), before)
 
 
 def test_flip_is_an_entry_of_its_own_averaging_each_image_with_its_mirror_and_predict_does_the_same(
@@ -79,18 +90,18 @@ def test_flip_is_an_entry_of_its_own_averaging_each_image_with_its_mirror_and_pr
     code, out, _ = run(main, argv, capsys)
     flipped, plain = open_cache(out.strip()), open_cache(lite_cache)
     assert code == 0 and "__penultimate-avg-flip__96px__" in flipped.path.name and "-flip" not in lite_cache.name
-    assert json.loads(flipped.attrs["transform"])["flip"] and "flip" not in json.loads(plain.attrs["transform"])
+    assert flipped.info.transform["flip"] and "flip" not in plain.info.transform
     features, _, ids = flipped.load("test")
     picked = [0, 17, 59]
     images = [load_image(sample_dir / ids[i], ids[i]) for i in picked]
     backbone = create_backbone("efficientnet_lite0", image_size=96)
     extractor = Extractor(backbone, "avg", ExtractionSettings())
     pixels = stack_at_crop([resize_or_defer(image, backbone.preprocess) for image in images], backbone.preprocess)
-    expected = (extractor.features(pixels) + extractor.features(pixels.flip(-1))) / 2
+    expected = (extractor.batch_features(pixels) + extractor.batch_features(pixels.flip(-1))) / 2
     np.testing.assert_allclose(features[picked], expected, rtol=1e-4, atol=1e-4)
     # the mirror image of the file, resized on its own: the same to the resize filter's rounding
-    mirrored = extractor.images([image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images])
-    assert row_cosine(features[picked], (extractor.images(images) + mirrored) / 2).min() > 0.9999
+    mirrored = extractor.image_features([image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images])
+    assert row_cosine(features[picked], (extractor.image_features(images) + mirrored) / 2).min() > 0.9999
     assert row_cosine(features[picked], plain.load("test")[0][picked]).max() < 0.9999
     code, out, err = run(main, argv, capsys)
     assert code == 0 and out.strip() == str(flipped.path) and "reusing" in err
@@ -162,7 +173,7 @@ def test_a_changed_dataset_computes_only_the_images_that_changed(tmp_path, sampl
         "of the 56 of 60 image files it holds unchanged" in err and "(4 images in" in err
     assert f"the earlier entry {first.path} (" in err and "is kept: remove it once nothing reads it" in err
     second = open_cache(out.strip())
-    assert second.path != first.path and second.attrs["rows_reused_from"] == first.path.name
+    assert second.path != first.path and second.info.rows_reused_from == first.path.name
     code, out, _ = run(main, [*args, "--cache-dir", str(tmp_path / "fresh")], capsys)
     fresh = open_cache(out.strip())
     for split in ("train", "test"):
@@ -198,14 +209,14 @@ def test_torchvision_backbone_with_random_and_local_weights(tmp_path, sample_dir
     code, out, _ = run(main, ["resnet18", *args, "--weights", "none"], capsys)
     assert code == 0
     random_cache = open_cache(out.strip())
-    assert random_cache.attrs["weights"] == "none" and random_cache.load("train")[0].shape == (20, 512)
+    assert random_cache.info.weights == "none" and random_cache.load("train")[0].shape == (20, 512)
 
     state = tmp_path / "resnet18-mine.pth"
     torch.save(create_backbone("resnet18", weights="none").model.state_dict(), state)
     code, out, _ = run(main, ["resnet18", *args, "--weights", str(state), "--pool", "max"], capsys)
     assert code == 0
     local_cache = open_cache(out.strip())
-    assert local_cache.attrs["weights"] == str(state.resolve()) and local_cache.attrs["pool"] == "max"
+    assert local_cache.info.weights == str(state.resolve()) and local_cache.info.pool == "max"
     assert "resnet18-mine" in local_cache.path.name
 
 
@@ -276,7 +287,7 @@ def test_a_plain_folder_of_photos_is_told_how_to_label_them(tmp_path, sample_dir
     (tmp_path / "photos" / "._a.jpg").write_bytes(b"\0")  # macOS's note beside a copied photo: no image
     code, _, err = run(main, ["efficientnet_lite0", str(tmp_path / "photos")], capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert "holds 2 images but 0 class folder(s)" in err and "/<class>/" in err and "Extractor.images" in err
+    assert "holds 2 images but 0 class folder(s)" in err and "/<class>/" in err and "Extractor.image_features" in err
 
 
 def test_split_folder_missing(tmp_path, capsys):
@@ -302,7 +313,7 @@ def test_a_folder_without_a_test_split_holds_out_a_quarter_of_each_class(layout,
     assert not set(train[2]) & set(test[2]) and len(set(train[2]) | set(test[2])) == 300
 
     again = resolve_dataset(str(root))
-    assert again.splits["test"].ids == list(test[2]) and again.fingerprint == cache.attrs["dataset_fingerprint"]
+    assert again.splits["test"].ids == list(test[2]) and again.fingerprint == cache.info.dataset_fingerprint
     # one more image in a class: at most one earlier file changes sides
     shutil.copy(labelled / "cat" / "0000.jpg", labelled / "cat" / "extra.jpg")
     grown = resolve_dataset(str(root)).splits["test"].ids
@@ -338,19 +349,19 @@ def test_test_images_copied_from_train_are_named_and_flagged_to_the_head(sample_
     code, out, err = run(main, args, capsys)
     assert code == 0 and "warning: 2 test image(s) are byte-for-byte copies of train images " \
         "(test/cat/0000.jpg = train/cat/0003.jpg, ...)" in err
-    assert open_cache(out.strip()).attrs["test_copies_of_train"] == 2
+    assert open_cache(out.strip()).info.test_copies_of_train == 2
     code, _, err = run(classify_main, ["logreg", out.strip(), "--cv", "2", "--n-jobs", "1"], capsys)
     assert code == 0 and "warning: 2 test image(s) of this cache are byte-for-byte copies" in err
     assert copies_across_splits(resolve_dataset(str(sample_dir))) == []  # the sample itself has none
 
 
 def test_a_file_the_copy_check_cannot_read_is_left_to_extraction_to_name(sample_dir, monkeypatch):
-    import extract.datasets
+    import extract.datasets.files
 
     def unreadable(path, limit=-1):
         raise PermissionError(f"[Errno 13] Permission denied: '{path}'")
 
-    monkeypatch.setattr(extract.datasets, "_digest", unreadable)
+    monkeypatch.setattr(extract.datasets.files, "_digest", unreadable)
     assert copies_across_splits(resolve_dataset(str(sample_dir))) == []
 
 
@@ -400,7 +411,7 @@ def test_bf16_is_its_own_cache_entry_and_close_to_fp32(lite_cache, sample_dir, c
                               "--precision", "bf16"], capsys)
     assert code == 0 and out.strip() != str(lite_cache)
     fast, exact = open_cache(out.strip()), open_cache(lite_cache)
-    assert fast.attrs["precision"] == "bf16" and exact.attrs["precision"] == "fp32"
+    assert fast.info.precision == "bf16" and exact.info.precision == "fp32"
     a, b = fast.load("test")[0], exact.load("test")[0]
     assert row_cosine(a, b).min() > 0.97 and not np.array_equal(a, b)
 
@@ -412,15 +423,15 @@ def test_compiled_backbone_gives_the_same_features_and_only_when_it_pays(sample_
     settings = {"batch_size": 4, "workers": 0, "precision": precision}
     eager = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg",
                       ExtractionSettings(**settings, compile="off"), "stage3,penultimate")
-    assert eager.compile_for(10**6) is None and not eager.compiled
+    assert eager.compile_if_it_pays(10**6) is None and not eager.compiled
     auto = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg", ExtractionSettings(**settings),
                      "stage3,penultimate")
-    assert auto.compile_for(100) is None  # too few images for the start-up time to pay back
+    assert auto.compile_if_it_pays(100) is None  # too few images for the start-up time to pay back
     with torch._dynamo.config.patch(error_on_recompile=True):  # compiled once, for every batch after
-        assert "one graph" in auto.compile_for(10**6) and auto.compiled
-        auto.features(torch.zeros(4, 3, 64, 64, dtype=torch.uint8))  # a full batch, as the data loader gives it
-        compiled = auto.images(images)  # a short one
-    reference = eager.images(images)
+        assert "one graph" in auto.compile_if_it_pays(10**6) and auto.compiled
+        auto.batch_features(torch.zeros(4, 3, 64, 64, dtype=torch.uint8))  # a full batch, as the data loader gives it
+        compiled = auto.image_features(images)  # a short one
+    reference = eager.image_features(images)
     if precision == "fp32":
         np.testing.assert_allclose(compiled, reference, rtol=1e-4, atol=1e-4)
     else:  # other kernels, each rounding to bf16 on its own
@@ -436,8 +447,9 @@ def test_each_extractor_in_a_process_is_compiled_for_itself(sample_dir):
             extractor = Extractor(create_backbone(name, "none", image_size=64), "avg", settings)
             eager = Extractor(create_backbone(name, "none", image_size=64), "avg", ExtractionSettings(batch_size=2))
             eager.model.load_state_dict(extractor.model.state_dict())
-            assert "one graph" in extractor.compile_for(10**6)
-            np.testing.assert_allclose(extractor.images(images), eager.images(images), rtol=1e-4, atol=1e-4)
+            assert "one graph" in extractor.compile_if_it_pays(10**6)
+            np.testing.assert_allclose(extractor.image_features(images), eager.image_features(images),
+                                       rtol=1e-4, atol=1e-4)
 
 
 def test_a_backbone_that_does_not_trace_is_compiled_block_by_block(sample_dir, monkeypatch):
@@ -447,8 +459,8 @@ def test_a_backbone_that_does_not_trace_is_compiled_block_by_block(sample_dir, m
     eager = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg", settings)
     blocks = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg", settings)
     monkeypatch.setattr(blocks.model, "as_graph", lambda: None)
-    assert "blocks" in blocks.compile_for(10**6) and blocks.compiled
-    np.testing.assert_allclose(blocks.images(images), eager.images(images), rtol=1e-4, atol=1e-4)
+    assert "blocks" in blocks.compile_if_it_pays(10**6) and blocks.compiled
+    np.testing.assert_allclose(blocks.image_features(images), eager.image_features(images), rtol=1e-4, atol=1e-4)
 
 
 FAULTS = """

@@ -10,9 +10,10 @@ import torch
 from conftest import QUICK, run
 
 from classify.heads import LayerSelector
-from extract.backbones import LayerPoint, create_backbone, feature_layers
+from extract.backbones import create_backbone
 from extract.datasets import resolve_dataset
-from extract.features import ExtractionSettings, Extractor, FeatureModel, layer_graph
+from extract.features import ExtractionSettings, Extractor
+from extract.layers import FeatureModel, LayerPoint, feature_layers, layer_graph
 from extract.store import open_cache
 
 LITE0_WIDTHS = {"stage1": 16, "stage2": 24, "stage3": 40, "stage4": 112, "penultimate": 1280, "logits": 1000}
@@ -88,10 +89,10 @@ def test_every_requested_layer_is_written_in_one_pass(layers_cache, sample_dir):
     calls = []
     backbone.model.register_forward_pre_hook(lambda module, inputs: calls.append(len(inputs[0])))
     extractor = Extractor(backbone, "avg", ExtractionSettings(batch_size=64, workers=0), "stage2,penultimate")
-    extractor.features(torch.zeros(1, 3, 96, 96, dtype=torch.uint8))  # first use: the fold's own probe passes
+    extractor.batch_features(torch.zeros(1, 3, 96, 96, dtype=torch.uint8))  # first use: the fold's own probe passes
     calls.clear()
     split = resolve_dataset(str(sample_dir), limit_per_class=6).splits["test"]
-    (_, together, _), = list(extractor.split(split))
+    (_, together, _), = list(extractor.split_features(split))
     assert calls == [60]  # one forward pass of the batch gives both layers
     layout = dict((name, (a, b)) for name, a, b in extractor.layout)
     for name in ("stage2", "penultimate"):
@@ -185,7 +186,7 @@ def test_predict_reextracts_every_layer_the_model_was_trained_on(layers_cache, t
     assert code == 0 and result["layer"] == "stage4+penultimate" and ".stage4+penultimate.svm" in result["model_file"]
     features, labels, ids = open_cache(layers_cache).load("test")
     code, out, _ = run(main, ["predict", result["model_file"], *(str(sample_dir / i) for i in ids[:4])], capsys)
-    names = json.loads(open_cache(layers_cache).attrs["class_names"])
+    names = open_cache(layers_cache).info.class_names
     from classify.models import load_model
 
     expected = [names[i] for i in load_model(result["model_file"])[0].predict(features[:4])]

@@ -11,7 +11,8 @@ from conftest import run
 
 from extract.datasets import resolve_dataset
 from pipelines.__main__ import main
-from pipelines.finetune import FinetuneConfig, finetune, parameter_groups, prepare_model
+from pipelines.finetune import FinetuneConfig, finetune, prepare_model
+from pipelines.finetune.surgery import parameter_groups
 
 TINY = dict(backbone="efficientnet_lite0", image_size=48, limit_per_class=4, epochs=1, batch_size=16, workers=0)
 
@@ -74,7 +75,7 @@ def test_resume_continues_from_the_saved_epoch(sample_dir, tiny_dataset, tmp_pat
 def test_fit_temperature_finds_the_temperature_that_made_the_labels():
     from scipy.special import softmax
 
-    from pipelines.finetune import fit_temperature
+    from classify.calibration import fit_temperature
 
     random = np.random.default_rng(0)
     logits = random.normal(scale=6, size=(20_000, 5))
@@ -88,8 +89,9 @@ def test_fit_temperature_finds_the_temperature_that_made_the_labels():
 def test_the_test_log_loss_is_of_the_best_checkpoints_softmax(flip, sample_dir, tiny_dataset, tmp_path):
     from sklearn.metrics import log_loss
 
-    from extract.pixels import normalize, resize_and_crop
-    from pipelines.finetune import fit_temperature, validation_split
+    from classify.calibration import fit_temperature
+    from extract.preprocess import normalize, resize_and_crop
+    from pipelines.finetune.data import validation_split
 
     config = FinetuneConfig(dataset=str(sample_dir), mode="head", out=str(tmp_path), flip=flip, **TINY)
     result = finetune(config, dataset=tiny_dataset, log=lambda m: None)
@@ -247,7 +249,7 @@ def uneven_copy(source, target, train_counts: dict[str, int]):
 
 
 def test_balanced_class_weights_are_the_inverse_train_counts():
-    from pipelines.finetune import balanced_class_weights
+    from pipelines.finetune.data import balanced_class_weights
 
     # images / (classes present x the class's images), as scikit-learn's class_weight="balanced"; class 1 has no
     # train image: weight 1, never in the loss
@@ -256,7 +258,7 @@ def test_balanced_class_weights_are_the_inverse_train_counts():
 
 
 def test_every_class_has_a_validation_image():
-    from pipelines.finetune import validation_split
+    from pipelines.finetune.data import validation_split
 
     labels = np.repeat([0, 1, 2], [30, 30, 4])  # 10% of 64 images by proportion: 3, 3 and 0 of class 2
     train, val = validation_split(labels, 0.1, seed=0)
@@ -345,3 +347,61 @@ def test_sample_titles_do_not_cover_the_images_above(tmp_path, monkeypatch):
     boxes = [(axes.title.get_window_extent(renderer), axes.get_window_extent(renderer)) for axes in figure.axes]
     for title, own in boxes:
         assert not any(title.overlaps(image) for _, image in boxes if image is not own)
+
+
+def test_a_resumed_run_is_the_run_left_alone(sample_dir, tiny_dataset, tmp_path, monkeypatch):
+    """Killed after its first epoch and resumed, a run gives the history and weights of the same run never stopped:
+    every random state (the loader's shuffle, augmentation) is saved with the checkpoint and restored."""
+    import pipelines.finetune.run as run_module
+
+    settings = {**TINY, "epochs": 2}
+    alone = finetune(FinetuneConfig(dataset=str(sample_dir), mode="partial", out=str(tmp_path / "alone"), **settings),
+                     dataset=tiny_dataset, log=lambda m: None)
+    stopped = FinetuneConfig(dataset=str(sample_dir), mode="partial", out=str(tmp_path / "stopped"), **settings)
+
+    def killed(history, out):  # last.pt of epoch 1 is written just before
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(run_module, "write_history", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        finetune(stopped, dataset=tiny_dataset, log=lambda m: None)
+    monkeypatch.undo()
+    resumed = finetune(stopped, resume=True, dataset=tiny_dataset, log=lambda m: None)
+
+    def timeless(history):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+    assert timeless(resumed.history) == timeless(alone.history) and len(alone.history) == 2
+    weights = [torch.load(tmp_path / run / "last.pt", weights_only=True)["model"] for run in ("alone", "stopped")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert resumed.test_predictions == alone.test_predictions
+
+
+@pytest.mark.parametrize("schedule, warmup_epochs", [("cosine", 1.0), ("cosine", 0.0), ("step", 0.5), ("step", 0.0)])
+def test_schedules_give_the_warm_up_and_decay_they_describe(schedule, warmup_epochs):
+    """torch's schedulers, chained, give the rates of the formula: a linear ramp to lr over the warm-up, then
+    cosine to zero or x0.1 at 50% and 75% of what follows."""
+    import math
+
+    from pipelines.finetune.schedule import build_schedule
+
+    config = FinetuneConfig(epochs=3, lr=0.1, schedule=schedule, warmup_epochs=warmup_epochs)
+    steps_per_epoch = 7
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = build_schedule(optimizer, config, steps_per_epoch)
+    total, warmup = 3 * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
+    rates = []
+    for _ in range(total):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+
+    def expected(step: int) -> float:
+        if step < warmup:
+            return 0.1 * (step + 1) / (warmup + 1)
+        progress = (step - warmup) / (total - warmup)
+        if schedule == "cosine":
+            return 0.1 * 0.5 * (1 + math.cos(math.pi * progress))
+        return 0.1 * 0.1 ** sum(progress >= m for m in (0.5, 0.75))
+
+    np.testing.assert_allclose(rates, [expected(step) for step in range(total)], rtol=1e-9, atol=1e-12)

@@ -5,8 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from extract.backbones import Preprocess
-from extract.pixels import enlarge, resize_and_crop, resize_or_defer, stack_at_crop
+from extract.preprocess import Preprocess, enlarge, resize_and_crop, resize_or_defer, stack_at_crop
 
 MINI = Path(__file__).resolve().parents[1] / "examples" / "cifar10-mini"
 

@@ -48,9 +48,9 @@ def test_features_of_pil_images_of_any_mode_are_those_of_their_rgb_conversion():
     rgba = Image.fromarray(rng.integers(0, 256, (40, 50, 4), dtype=np.uint8), "RGBA")
     gray = Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8), "L")
     extractor = Extractor(create_backbone("resnet18", weights="none", image_size=64), "avg", ExtractionSettings())
-    features = extractor.images([rgba, gray])
+    features = extractor.image_features([rgba, gray])
     assert features.shape == (2, 512)
-    np.testing.assert_array_equal(features, extractor.images([to_rgb(rgba), to_rgb(gray)]))
+    np.testing.assert_array_equal(features, extractor.image_features([to_rgb(rgba), to_rgb(gray)]))
 
 
 def test_features_of_image_files_are_those_of_the_images_a_batch_at_a_time(tmp_path):
@@ -63,11 +63,11 @@ def test_features_of_image_files_are_those_of_the_images_a_batch_at_a_time(tmp_p
     paths = sorted((SAMPLE / "test" / "cat").glob("*.jpg"))[:5]
     extractor = Extractor(create_backbone("resnet18", weights="none", image_size=64), "avg",
                           ExtractionSettings(batch_size=2))
-    features = extractor.images(paths)  # three batches, the last one short
+    features = extractor.image_features(paths)  # three batches, the last one short
     assert features.shape == (5, 512) and features.dtype == np.float32
-    np.testing.assert_allclose(features, np.concatenate([extractor.images([load_image(p, p.name)]) for p in paths]),
-                               rtol=1e-5, atol=1e-5)
-    assert extractor.images([]).shape == (0, 512)
+    one_by_one = np.concatenate([extractor.image_features([load_image(p, p.name)]) for p in paths])
+    np.testing.assert_allclose(features, one_by_one, rtol=1e-5, atol=1e-5)
+    assert extractor.image_features([]).shape == (0, 512)
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(BadImageError, match="broken.jpg"):
-        extractor.images([paths[0], tmp_path / "broken.jpg"])
+        extractor.image_features([paths[0], tmp_path / "broken.jpg"])

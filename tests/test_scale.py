@@ -55,7 +55,7 @@ def test_torchrun_extraction_gives_the_one_process_cache(tmp_path, sample_dir):
     (merged,) = (tmp_path / "two").glob("*.h5")
     assert distributed.stdout.strip() == str(merged)  # printed once, by rank 0
     assert list((tmp_path / "two").iterdir()) == [merged]  # the per-rank parts are gone
-    assert open_cache(merged).attrs["ranks"] == 2
+    assert open_cache(merged).info.ranks == 2
     single = _run([sys.executable, "-m", "extract", *_extract_args(sample_dir, tmp_path / "one")])
     assert single.returncode == 0, single.stderr
     (reference,) = (tmp_path / "one").glob("*.h5")

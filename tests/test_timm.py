@@ -9,17 +9,12 @@ import timm
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from extract.backbones import (
-    PROXY_VARIABLES,
-    _host_resolves,
-    _timm_preprocess,
-    create_backbone,
-    feature_layers,
-    replace_classifier,
-)
+from extract.backbones import create_backbone
+from extract.backbones.timm_models import PROXY_VARIABLES, _host_resolves, _timm_preprocess
 from extract.errors import UsageError
-from extract.features import FeatureModel
+from extract.layers import FeatureModel, feature_layers
 from extract.paths import file_sha256
+from pipelines.finetune.surgery import replace_classifier
 from tests.conftest import QUICK, run
 
 DINOV2 = "timm/vit_small_patch14_dinov2"  # built without a classifier (num_classes=0), for 518 px
@@ -266,7 +261,7 @@ def test_a_photo_is_preprocessed_as_timms_own_eval_transform_does(name):
     from PIL import Image
     from skimage import data
 
-    from extract.pixels import resize_and_crop
+    from extract.preprocess import resize_and_crop
 
     photo = Image.fromarray(data.chelsea())  # 451 x 300
     backbone = create_backbone(name, weights="none")

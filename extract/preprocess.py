@@ -1,4 +1,5 @@
-"""From decoded images to the backbone's input: resize, centre-crop, batch, normalise.
+"""From decoded images to the backbone's input: the recipe (`Preprocess`, carried with the weights), then resize,
+centre-crop, batch, normalise.
 
 Images at least the crop size are resized and cropped one by one with PIL, as torchvision's transforms do. Images
 smaller than the crop (CIFAR's 32 px, digits' 8 px) are enlarged a batch at a time instead: PIL's resampling is
@@ -14,13 +15,44 @@ weight split in two, products exact in float32) cost 0.5 ms per image, more than
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from extract.backbones import Preprocess
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images are turned into model input: resize the short side, centre-crop, normalise.
+
+    Images smaller than the crop (CIFAR's 32 px, say) are resized straight to the crop size so that
+    none of their content is cropped away. `crop_mode` names timm's other recipes for some weights: "squash", both
+    sides to the resize size whatever the aspect ratio, then the centre crop; "border", the long side to the resize
+    size, the short side padded with the mean colour, then the centre crop.
+    """
+
+    crop_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    crop_mode: str = "center"
+
+    def with_image_size(self, size: int) -> Preprocess:
+        """The same recipe at another input size, keeping the resize/crop ratio."""
+        ratio = self.resize_size / self.crop_size
+        return replace(self, crop_size=size, resize_size=round(size * ratio))
+
+    def to_dict(self) -> dict:
+        """The record in a cache's provenance; without `crop_mode` where it is the centre crop, as before the field
+        existed, so that those caches still match."""
+        record = asdict(self)
+        if self.crop_mode == "center":
+            del record["crop_mode"]
+        return record
+
 
 PIL_PRECISION_BITS = 22  # Pillow's Resample.c: 8-bit images are resampled with 22-bit fixed-point coefficients
 
