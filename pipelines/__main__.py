@@ -28,8 +28,9 @@ EPILOG = """examples:
   python -m pipelines predict runs/efficientnet_lite0-cifar10-mini-head photo1.jpg photos/   the tuned network
 
 modes: head (new output layer only; batch-norm statistics frozen), partial (blocks from --unfreeze-from on,
-default the last third), full (everything), scratch (same architecture, random init).
-The pretrained part trains at --lr, the new output layer at lr x --head-lr-mult (default 10).
+default the last third), full (everything), lp-ft (the output layer starts as the linear probe of the cached
+features, then everything, or the blocks from --unfreeze-from on, trains), scratch (same architecture, random init).
+The pretrained part trains at --lr, the new output layer at lr x --head-lr-mult (default 10; lp-ft: x1).
 """
 
 
@@ -116,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_arguments(tune)
     tune.add_argument("--mode", choices=MODES, default="full",
                       help="what trains beside the new output layer: head (nothing), partial (the blocks from "
-                           "--unfreeze-from on; default the last third), full (everything; the default), scratch "
-                           "(everything, from random weights)")
+                           "--unfreeze-from on; default the last third), full (everything; the default), lp-ft "
+                           "(everything, the output layer starting as the linear probe of the cached features), "
+                           "scratch (everything, from random weights)")
+    tune.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                      help="lp-ft: where the features its probe is fitted on are cached (default: cache/)")
     tune.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     tune.add_argument("--out", default=None, help="run folder (default runs/BACKBONE-DATASET-MODE)")
     both = commands.add_parser("compare", help="frozen features + best head vs fine-tuning strategies")
@@ -127,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     both.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                       help="where the frozen features are cached (default: cache/)")
     both.add_argument("--out", default=None, help="report folder (default reports/BACKBONE-DATASET)")
+    both.add_argument("--resume", action="store_true",
+                      help="read back the strategies OUT already holds and continue an interrupted one from its last "
+                           "checkpoint")
     predict = commands.add_parser("predict", help="classify image files with a fine-tuned network",
                                   description="Prints PATH<TAB>CLASS<TAB>PROBABILITY per image, in order, from the "
                                               "best checkpoint of a finished finetune run (its --out folder), the "
@@ -186,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.report import markdown_table
 
     out = args.out or f"reports/{name_in_paths(args.backbone)}-{slug}"
-    rows = compare(config_from(args), parse_strategies(args.strategies), args.cache_dir, out, log=log)
+    rows = compare(config_from(args), parse_strategies(args.strategies), args.cache_dir, out, log=log,
+                   resume=args.resume)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "test_predictions"} for r in rows]))
     else:

@@ -20,10 +20,11 @@ from extract.features import ExtractionSettings
 from extract.run import ExtractRequest, extract_to_cache
 from extract.store import open_cache
 from pipelines.finetune import FinetuneConfig, finetune
+from pipelines.finetune.checkpoint import comparable
 from pipelines.report import markdown_table, plot_samples, plot_test_accuracy, plot_validation_curves
 
-STRATEGIES = ("frozen", "frozen-layers", "head", "partial", "full", "scratch")
-DEFAULT_STRATEGIES = ("frozen", "head", "partial", "full", "scratch")
+STRATEGIES = ("frozen", "frozen-layers", "head", "partial", "full", "lp-ft", "scratch")
+DEFAULT_STRATEGIES = ("frozen", "head", "partial", "full", "lp-ft", "scratch")
 FROZEN_STRATEGIES = {"frozen": "penultimate", "frozen-layers": "all"}  # which layers each extracts
 FROZEN_HEADS = {"frozen": ("logreg", "svm"), "frozen-layers": ("logreg",)}  # the layer search is linear only
 SAMPLE_IMAGES = 16
@@ -69,29 +70,48 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
 
 
 def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: str,
-            log: Callable[[str], None] = print) -> list[dict]:
+            log: Callable[[str], None] = print, resume: bool = False) -> list[dict]:
+    """Each strategy on the same split, then the report. Each finished strategy leaves `OUT/STRATEGY/row.json`; with
+    `resume`, those are read back and an interrupted fine-tuning continues from its last checkpoint, so a comparison
+    too long for one sitting is finished by running the same command again with --resume."""
     dataset = resolve_dataset(config.dataset, config.data_root, config.limit_per_class)
     out_dir = make_folder(out, "--out")
     rows, histories = [], {}
     for strategy in strategies:
         log(f"--- {strategy} ---")
-        if strategy in FROZEN_STRATEGIES:
-            rows.append(run_frozen(config, cache_dir, log, strategy))
-            continue
-        result = finetune(replace(config, mode=strategy, out=str(out_dir / strategy),
-                                  unfreeze_from=config.unfreeze_from if strategy == "partial" else None),
-                          log=log, dataset=dataset)
-        histories[strategy] = result.history
-        rows.append({"strategy": strategy, "test_accuracy": result.test_accuracy,
-                     "test_accuracy_interval": result.test_accuracy_interval,
-                     "test_balanced_accuracy": result.test_balanced_accuracy, "macro_f1": result.macro_f1,
-                     "test_log_loss": result.test_log_loss, "seconds": result.seconds,
-                     "trainable_params": result.trainable_params,
-                     "images_per_second": result.train_images_per_second,
-                     "detail": f"best epoch {result.best_epoch} of {result.epochs_run}",
-                     "test_predictions": result.test_predictions})
+        saved = out_dir / strategy / "row.json"
+        if resume and saved.exists():
+            row = _read_back(saved, config)
+            log(f"read back from {saved} (finished earlier: test accuracy {row['test_accuracy']:.4f})")
+        elif strategy in FROZEN_STRATEGIES:
+            row = run_frozen(config, cache_dir, log, strategy)
+        else:
+            result = finetune(replace(config, mode=strategy, out=str(out_dir / strategy), cache_dir=cache_dir,
+                                      unfreeze_from=config.unfreeze_from if strategy == "partial" else None),
+                              log=log, dataset=dataset, resume=resume)
+            row = {"strategy": strategy, "test_accuracy": result.test_accuracy,
+                   "test_accuracy_interval": result.test_accuracy_interval,
+                   "test_balanced_accuracy": result.test_balanced_accuracy, "macro_f1": result.macro_f1,
+                   "test_log_loss": result.test_log_loss, "seconds": result.seconds,
+                   "trainable_params": result.trainable_params,
+                   "images_per_second": result.train_images_per_second,
+                   "detail": f"best epoch {result.best_epoch} of {result.epochs_run}",
+                   "test_predictions": result.test_predictions, "history": result.history}
+        make_folder(saved.parent, "--out")
+        saved.write_text(json.dumps({**row, "settings": comparable(config)}))
+        if "history" in row:
+            histories[strategy] = row.pop("history")
+        rows.append(row)
     write_report(rows, histories, dataset, config, out_dir)
     return rows
+
+
+def _read_back(path: Path, config: FinetuneConfig) -> dict:
+    row = json.loads(path.read_text())
+    if row.pop("settings") != comparable(config):
+        raise UsageError(f"{path} was written by a comparison with other settings; use another --out or drop "
+                         "--resume to start over")
+    return row
 
 
 def write_report(rows: list[dict], histories: dict, dataset: Dataset, config: FinetuneConfig, out: Path) -> Path:

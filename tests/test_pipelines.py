@@ -10,6 +10,7 @@ import torch
 from conftest import run
 
 from extract.datasets import resolve_dataset
+from extract.store import open_cache
 from pipelines.__main__ import main
 from pipelines.finetune import FinetuneConfig, finetune, prepare_model
 from pipelines.finetune.surgery import parameter_groups
@@ -405,3 +406,65 @@ def test_schedules_give_the_warm_up_and_decay_they_describe(schedule, warmup_epo
         return 0.1 * 0.1 ** sum(progress >= m for m in (0.5, 0.75))
 
     np.testing.assert_allclose(rates, [expected(step) for step in range(total)], rtol=1e-9, atol=1e-12)
+
+
+def test_lp_ft_starts_from_the_probe_of_the_cached_features(sample_dir, tiny_dataset, tmp_path):
+    """Epoch 0 of lp-ft is the network before any update, with the logistic-regression probe of the cached features
+    of the train part as its output layer: its validation accuracy is the probe's on the cached validation features."""
+    from pipelines.finetune.data import validation_split
+    from pipelines.finetune.probe import fit_probe_head
+
+    config = FinetuneConfig(dataset=str(sample_dir), mode="lp-ft", out=str(tmp_path / "run"),
+                            cache_dir=str(tmp_path / "cache"), **TINY)
+    messages = []
+    result = finetune(config, dataset=tiny_dataset, log=messages.append)
+    assert [row["epoch"] for row in result.history] == [0, 1]
+    train_rows, val_rows = validation_split(tiny_dataset.splits["train"].labels, config.val_fraction, config.seed)
+    head = fit_probe_head(config, tiny_dataset, train_rows, log=lambda m: None)
+    (cache_file,) = (tmp_path / "cache").glob("*.h5")
+    features, labels, ids = open_cache(cache_file).load("train")
+    row_of = {sample_id: row for row, sample_id in enumerate(ids)}
+    val = np.asarray([row_of[tiny_dataset.splits["train"].ids[row]] for row in val_rows])
+    probe_accuracy = float(np.mean((features[val] @ head.weight.T + head.bias).argmax(1) == labels[val]))
+    assert result.history[0]["val_accuracy"] == probe_accuracy
+    assert any("linear probe" in m for m in messages) and any("epoch 0" in m for m in messages)
+
+
+def test_the_folded_probe_is_the_scaled_logistic_regression(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from pipelines.finetune.probe import fold_scaler
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, (60, 5))
+    for classes in ([0, 1, 2, 3], [1, 3]):  # several classes, and two of four (one decision function; two unseen)
+        y = np.asarray(classes)[rng.integers(0, len(classes), 60)]
+        scaler = StandardScaler().fit(x)
+        classifier = LogisticRegression().fit(scaler.transform(x), y)
+        weight, bias = fold_scaler(scaler, classifier, 4)
+        logits = x @ weight.T + bias
+        np.testing.assert_array_equal(logits.argmax(1), classifier.predict(scaler.transform(x)))
+        shown = np.exp(logits - logits.max(1, keepdims=True))
+        np.testing.assert_allclose((shown / shown.sum(1, keepdims=True))[:, classifier.classes_],
+                                   classifier.predict_proba(scaler.transform(x)), atol=1e-5)
+
+
+def test_compare_resumes_reading_back_finished_strategies(sample_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["compare", "efficientnet_lite0", str(sample_dir), "--strategies", "frozen,head", "--image-size", "48",
+            "--limit-per-class", "4", "--epochs", "2", "--workers", "0", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(out), "--json"]
+    code, stdout, _ = run(main, argv, capsys)
+    first = json.loads(stdout)
+    # the fine-tuning was cut short after its first epoch: its row is missing, its checkpoint there
+    (out / "head" / "row.json").unlink()
+    state = torch.load(out / "head" / "last.pt", weights_only=True)
+    state.update(epoch=1, history=state["history"][:1])
+    torch.save(state, out / "head" / "last.pt")
+    code, stdout, err = run(main, [*argv, "--resume"], capsys)
+    assert code == 0 and "read back from" in err and "resuming head from epoch 1" in err
+    again = json.loads(stdout)
+    assert again[0] == first[0] and [r["strategy"] for r in again] == ["frozen", "head"]
+    code, _, err = run(main, [*argv, "--resume", "--seed", "1"], capsys)
+    assert code == 2 and "written by a comparison with other settings" in err

@@ -22,7 +22,7 @@ def save_atomically(state: dict, path: Path) -> None:
 
 def comparable(config: FinetuneConfig) -> dict:
     fields = asdict(config)
-    for key in ("epochs", "device", "workers", "out", "patience"):
+    for key in ("epochs", "device", "workers", "out", "patience", "cache_dir"):
         fields.pop(key)
     return fields
 

@@ -7,16 +7,11 @@ from dataclasses import asdict, dataclass, field
 from extract.backbones import DEFAULT_BACKBONE
 from extract.errors import UsageError
 from extract.runtime import check_workers
+from extract.store import DEFAULT_CACHE_DIR
 
-MODES = ("head", "partial", "full", "scratch")
-
-
+MODES = ("head", "partial", "full", "lp-ft", "scratch")
 OPTIMIZERS = ("sgd", "adamw")
-
-
 SCHEDULES = ("cosine", "step")
-
-
 DEFAULT_LR = {"sgd": 0.003, "adamw": 1e-4}
 
 
@@ -50,6 +45,7 @@ class FinetuneConfig:
     flip: bool = False  # validation and test logits averaged with the mirror image's (frozen: extract --flip)
     workers: int | None = None
     out: str = "runs/finetune"
+    cache_dir: str = DEFAULT_CACHE_DIR  # lp-ft: where the features its probe is fitted on are cached
 
     def validate(self) -> None:
         checks = [
@@ -66,7 +62,11 @@ class FinetuneConfig:
             (self.patience >= 1, f"--patience must be 1 or more (epochs without a better validation score before "
                                  f"stopping), not {self.patience}"),
             (self.precision in ("fp32", "bf16", "fp16"), "--precision must be fp32, bf16 or fp16"),
-            (self.unfreeze_from is None or self.mode == "partial", "--unfreeze-from goes with --mode partial"),
+            (self.unfreeze_from is None or self.mode in ("partial", "lp-ft"),
+             "--unfreeze-from goes with --mode partial or lp-ft"),
+            (self.mode != "lp-ft" or self.weights != "none",
+             "--mode lp-ft starts from the linear probe of pretrained features, and --weights none has none; use "
+             "--mode scratch to train from random weights"),
         ]
         for ok, message in checks:
             if not ok:

@@ -41,6 +41,7 @@ from pipelines.finetune.data import (
     train_transform,
     validation_split,
 )
+from pipelines.finetune.probe import fit_probe_head, load_into
 from pipelines.finetune.schedule import advance, build_optimizer, build_schedule
 from pipelines.finetune.surgery import parameter_groups, prepare_model
 from pipelines.finetune.trainer import Trainer
@@ -129,8 +130,11 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     train_labels = dataset.splits["train"].labels
     optimizer = build_optimizer(parameter_groups(model, head, config), config)
     schedule = build_schedule(optimizer, config, len(loaders.train))
+    # lp-ft keeps the batch-norm statistics the probe's features were computed with: batch statistics would move
+    # every feature at the first step, and the probe with them
     trainer = Trainer(model, preprocess, device, config.precision, ranks, balanced_class_weights(
-        train_labels[loaders.train_rows], n_classes) if config.balanced else None, config.flip)
+        train_labels[loaders.train_rows], n_classes) if config.balanced else None, config.flip,
+        keep_norm_statistics=config.mode == "lp-ft")
     last_path, best_path = out / "last.pt", out / "best.pt"
     progress = _Progress()
     if resume and last_path.exists():
@@ -147,6 +151,45 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
         + (", classes weighted alike, checkpoints by validation balanced accuracy" if config.balanced else "")
         + (", validation and test images scored with their mirror images" if config.flip else ""))
     stale = sum(1 for row in progress.history if row["epoch"] > progress.best_epoch)
+
+    def record(row: dict) -> None:
+        """An epoch's row: the log, the best checkpoint, the last one (with the random states), the history files."""
+        nonlocal stale
+        progress.history.append(row)
+        log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, train acc {row['train_accuracy']:.4f}, val acc "
+            f"{row['val_accuracy']:.4f}" + (f", val balanced acc {row['val_balanced_accuracy']:.4f}"
+                                           if config.balanced else "") + f" ({row['seconds']:.1f} s)")
+        val_score = row[config.validation_score]
+        improved = val_score > progress.best_val
+        if improved:
+            progress.best_val, progress.best_epoch, stale = val_score, row["epoch"], 0
+        else:
+            stale += 1
+        progress.epoch = row["epoch"]
+        if ranks.is_main:
+            if improved:
+                save_atomically({"model": model.state_dict(), "epoch": row["epoch"],
+                                 config.validation_score: val_score}, best_path)
+            save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "history": progress.history, "best_val": progress.best_val,
+                             "best_epoch": progress.best_epoch, "epoch": row["epoch"], "config": comparable(config),
+                             "train_seconds": progress.train_seconds, "train_images": progress.train_images,
+                             "random_states": random_states(loaders.train.generator)}, last_path)
+            write_history(progress.history, out)
+
+    def validation_row(epoch: int, train_loss: float, train_acc: float, started: float) -> dict:
+        val_true, val_pred = train_labels[loaders.val_rows], trainer.predict(loaders.val)
+        return {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                "val_accuracy": float(np.mean(val_pred == val_true)),
+                "val_balanced_accuracy": balanced_accuracy(val_true, val_pred),
+                "seconds": time.perf_counter() - started, "lr_head": optimizer.param_groups[0]["lr"]}
+
+    if config.mode == "lp-ft" and not progress.history:
+        started = time.perf_counter()
+        probe = fit_probe_head(config, dataset, loaders.train_rows, log)
+        load_into(model.get_submodule(head), probe)
+        log("epoch 0 is the network before any update, the probe its output layer")
+        record(validation_row(0, probe.train_loss, probe.train_accuracy, started))
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         if stale >= config.patience:
             log(f"early stop: validation {'balanced ' * config.balanced}accuracy has not improved for "
@@ -158,33 +201,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
             train_loss, train_acc, seen = trainer.train_epoch(loaders.train, optimizer, schedule, bar, epoch)
         progress.train_seconds += time.perf_counter() - epoch_start
         progress.train_images += seen
-        val_true, val_pred = train_labels[loaders.val_rows], trainer.predict(loaders.val)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-               "val_accuracy": float(np.mean(val_pred == val_true)),
-               "val_balanced_accuracy": balanced_accuracy(val_true, val_pred),
-               "seconds": time.perf_counter() - epoch_start, "lr_head": optimizer.param_groups[0]["lr"]}
-        progress.history.append(row)
-        log(f"epoch {epoch}: train loss {train_loss:.4f}, train acc {train_acc:.4f}, val acc {row['val_accuracy']:.4f}"
-            + (f", val balanced acc {row['val_balanced_accuracy']:.4f}" if config.balanced else "")
-            + f" ({row['seconds']:.1f} s)")
-        val_score = row[config.validation_score]
-        improved = val_score > progress.best_val
-        if improved:
-            progress.best_val, progress.best_epoch, stale = val_score, epoch, 0
-        else:
-            stale += 1
-        progress.epoch = epoch
-        if ranks.is_main:
-            if improved:
-                save_atomically({"model": model.state_dict(), "epoch": epoch, config.validation_score: val_score},
-                                best_path)
-            save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "history": progress.history,
-                             "best_val": progress.best_val, "best_epoch": progress.best_epoch, "epoch": epoch,
-                             "config": comparable(config), "train_seconds": progress.train_seconds,
-                             "train_images": progress.train_images,
-                             "random_states": random_states(loaders.train.generator)}, last_path)
-            write_history(progress.history, out)
+        record(validation_row(epoch, train_loss, train_acc, epoch_start))
 
     ranks.barrier()  # best.pt is written
     model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
@@ -227,8 +244,8 @@ def _test(trainer: Trainer, loaders: _Loaders, dataset: Dataset, config: Finetun
         test_balanced_accuracy=evaluation.balanced_accuracy, macro_f1=evaluation.macro_f1,
         test_log_loss=evaluation.log_loss, test_calibration_error=evaluation.calibration_error,
         test_by_confidence=evaluation.by_confidence, temperature=temperature,
-        best_epoch=progress.best_epoch, epochs_run=len(progress.history), trainable_params=trainable,
-        total_params=total, seconds=seconds,
+        best_epoch=progress.best_epoch, epochs_run=sum(1 for row in progress.history if row["epoch"] > 0),
+        trainable_params=trainable, total_params=total, seconds=seconds,
         train_images_per_second=progress.train_images / max(progress.train_seconds, 1e-9), history=progress.history,
         test_predictions=predictions.tolist(), out=str(out)), probabilities
 

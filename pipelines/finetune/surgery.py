@@ -9,7 +9,7 @@ from torch import nn
 
 from extract.backbones import create_backbone
 from extract.errors import UsageError
-from extract.inspection import anatomy, block_names, classifier_layer
+from extract.inspection import anatomy, block_names, classifier_layer, has_no_classifier
 from extract.preprocess import Preprocess
 from pipelines.finetune.config import FinetuneConfig
 
@@ -30,15 +30,19 @@ def replace_classifier(model: nn.Module, num_classes: int) -> str:
 
 
 def prepare_model(config: FinetuneConfig, num_classes: int) -> tuple[nn.Module, Preprocess, str]:
-    """The backbone with a new output layer and only the parameters of the mode trainable; the head's name."""
+    """The backbone with a new output layer and only the parameters of the mode trainable; the head's name. lp-ft
+    trains what partial does with --unfreeze-from, else everything (its output layer is set by `probe`)."""
     weights = "none" if config.mode == "scratch" else config.weights
     backbone = create_backbone(config.backbone, weights, config.image_size)
     model = backbone.model
+    if config.mode == "lp-ft" and has_no_classifier(model):
+        raise UsageError(f"{config.backbone} was built without a classifier, so there is no output layer to start "
+                         "from the linear probe; use --mode full or partial (a new layer)")
     head = replace_classifier(model, num_classes)
     model.requires_grad_(False)
-    if config.mode in ("full", "scratch"):
+    if config.mode in ("full", "scratch") or (config.mode == "lp-ft" and not config.unfreeze_from):
         model.requires_grad_(True)
-    elif config.mode == "partial":
+    elif config.mode in ("partial", "lp-ft"):
         blocks = block_names(model)
         start = config.unfreeze_from or default_unfreeze_from(blocks)
         if start not in blocks:
@@ -55,21 +59,23 @@ def default_unfreeze_from(blocks: list[str]) -> str:
     return blocks[max(0, len(blocks) - 1 - math.ceil((len(blocks) - 1) / 3))]
 
 
-def set_train_mode(model: nn.Module) -> None:
-    """Train mode, except batch-norm layers that are frozen: their running statistics stay untouched."""
+def set_train_mode(model: nn.Module, keep_norm_statistics: bool = False) -> None:
+    """Train mode, except batch-norm layers that are frozen (or all of them, with `keep_norm_statistics`): they
+    normalise with their running statistics, which stay untouched."""
     model.train()
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
-                p.requires_grad for p in module.parameters()):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (keep_norm_statistics or not any(
+                p.requires_grad for p in module.parameters())):
             module.eval()
 
 
 def parameter_groups(model: nn.Module, head: str, config: FinetuneConfig) -> list[dict]:
-    """The new head at lr x head_lr_mult; the pretrained part at lr (scratch: everything at the head's rate)."""
+    """The new head at lr x head_lr_mult; the pretrained part at lr (scratch: everything at the head's rate; lp-ft:
+    everything at lr, as its head starts trained)."""
     head_params = list(model.get_submodule(head).parameters())
     head_ids = {id(p) for p in head_params}
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    head_lr = config.base_lr * config.head_lr_mult
+    head_lr = config.base_lr * (1.0 if config.mode == "lp-ft" else config.head_lr_mult)
     body_lr = head_lr if config.mode == "scratch" else config.base_lr
     groups = [{"params": head_params, "lr": head_lr, "name": "head"}]
     if body:

@@ -27,8 +27,9 @@ def scored_logits(model: nn.Module, inputs: torch.Tensor, flip: bool) -> torch.T
 
 class Trainer:
     def __init__(self, model: nn.Module, preprocess: Preprocess, device: torch.device, precision: str, ranks: World,
-                 class_weights: torch.Tensor | None = None, flip: bool = False):
+                 class_weights: torch.Tensor | None = None, flip: bool = False, keep_norm_statistics: bool = False):
         self.model, self.preprocess, self.device, self.ranks, self.flip = model, preprocess, device, ranks, flip
+        self.keep_norm_statistics = keep_norm_statistics  # batch norms use their running statistics in training
         # gradients are averaged across ranks by DDP; evaluation runs the plain model on each rank's share
         self.train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.distributed else model
@@ -41,7 +42,7 @@ class Trainer:
 
     def train_epoch(self, loader, optimizer, schedule, bar, epoch: int) -> tuple[float, float, int]:
         """Mean loss and accuracy over the epoch's images, and their number (all ranks together)."""
-        set_train_mode(self.model)
+        set_train_mode(self.model, self.keep_norm_statistics)
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)  # a new permutation each epoch, the same on every rank
         total_loss, correct, seen = 0.0, 0, 0
