@@ -79,9 +79,9 @@ def library_versions() -> dict[str, str]:
             "pillow": PIL.__version__}
 
 
-def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool: str) -> CacheInfo:
-    """What a cache entry records before any feature is computed: everything that decides its features, and how to
-    read them."""
+def extraction_info(backbone: Backbone, extractor: Extractor, pool: str) -> CacheInfo:
+    """What decides an image's features, the dataset aside: the backbone, its weights, the layers, the pooling, the
+    preprocessing, the precision and the library versions (`dataset` left empty)."""
     preprocess = backbone.preprocess.to_dict()
     padded = backbone.preprocess.crop_mode == "border"
     preprocess["small_images"] = ("long side to the crop size, padded (PIL)" if padded else
@@ -90,13 +90,19 @@ def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool:
     if extractor.model.flip:  # only then: the identity of every entry without it stays what it was
         preprocess[FLIP_KEY] = "features averaged with those of the image mirrored left-right"
     return CacheInfo(
-        dataset=dataset.slug, dataset_fingerprint=dataset.fingerprint, class_names=dataset.class_names,
-        backbone=backbone.name, weights=backbone.weights, weights_sha256=backbone.weights_sha256,
-        layer=",".join(name for name, _, _ in extractor.layout), layer_module=extractor.model.layer_modules,
-        layout=[list(entry) for entry in extractor.layout], pool=pool,
-        image_size=backbone.preprocess.crop_size, precision=extractor.precision,
-        transform=preprocess, versions=library_versions(),
-        dataset_source=dataset.source, limit_per_class=dataset.limit_per_class or 0)
+        dataset="", dataset_fingerprint="", backbone=backbone.name, weights=backbone.weights,
+        weights_sha256=backbone.weights_sha256, layer=",".join(name for name, _, _ in extractor.layout),
+        layer_module=extractor.model.layer_modules, layout=[list(entry) for entry in extractor.layout], pool=pool,
+        image_size=backbone.preprocess.crop_size, precision=extractor.precision, transform=preprocess,
+        versions=library_versions())
+
+
+def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool: str) -> CacheInfo:
+    """What a cache entry records before any feature is computed: everything that decides its features, and how to
+    read them."""
+    return dataclasses.replace(
+        extraction_info(backbone, extractor, pool), dataset=dataset.slug, dataset_fingerprint=dataset.fingerprint,
+        class_names=dataset.class_names, dataset_source=dataset.source, limit_per_class=dataset.limit_per_class or 0)
 
 
 def _stale_siblings(path: Path) -> list[Path]:
@@ -290,6 +296,26 @@ def _rows_in_order(extractor: Extractor, split: Split, start: int, donor: RowDon
             row = int(positions[run[-1]]) + 1
     for held_row, held in donor.rows(split.name, row, len(split)):
         yield held_row, held, [], 0
+
+
+def extract(backbone: str = DEFAULT_BACKBONE, dataset: str = "", *, weights: str | None = None,
+            layers: str = DEFAULT_LAYER, pool: str = "avg", flip: bool = False, image_size: int | None = None,
+            limit_per_class: int | None = None, data_root: str = "data", cache_dir: str = DEFAULT_CACHE_DIR,
+            force: bool = False, skip_bad: bool = False, batch_size: int | None = None, device: str = "auto",
+            precision: str = "fp32", workers: int | None = None, compile: str = "auto",
+            log: Callable[[str], None] = print) -> ExtractResult:
+    """`python -m extract BACKBONE DATASET [options]` from Python, with the same defaults: the cache entry of these
+    features (`result.path`, for `open_cache`), computed only where no complete matching entry exists.
+
+        result = extract("efficientnet_lite0", "examples/cifar10-mini")
+        x_train, y_train, ids = open_cache(result.path).load("train")
+    """
+    settings = ExtractionSettings(batch_size=batch_size, device=device, precision=precision, workers=workers,
+                                  compile=compile)
+    return extract_to_cache(ExtractRequest(
+        backbone=backbone, dataset=dataset, weights=weights, pool=pool, layers=layers, flip=flip,
+        image_size=image_size, limit_per_class=limit_per_class, data_root=data_root, cache_dir=cache_dir,
+        force=force, skip_bad=skip_bad, settings=settings), log=log)
 
 
 def verify_cache(path: str, data_root: str = "data") -> list[tuple[str, bool, str]]:

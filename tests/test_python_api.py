@@ -25,7 +25,7 @@ def test_the_readme_python_block_runs_and_gives_what_it_says(tmp_path, monkeypat
     start_of_suspects = next(i for i, line in enumerate(lines) if line.startswith("suspects: "))
     assert float(lines[start_of_suspects - 1]) > 0.3  # real ImageNet features: far above chance (0.1) on 100 images
     suspects = namespace["suspects"]
-    shown = ast.literal_eval(lines[-1])  # the list printed
+    shown = ast.literal_eval(next(line for line in lines[start_of_suspects:] if line.startswith("['")))
     assert len(shown) == 5 and all((tmp_path / "examples" / "cifar10-mini" / i).is_file() for i in shown)
     assert all(suspects.predicted[row] != suspects.labels[row] for row in suspects.rows[:5])
     assert namespace["x_train"].shape == (300, 1280) and namespace["x_test"].shape == (100, 1280)
@@ -34,7 +34,33 @@ def test_the_readme_python_block_runs_and_gives_what_it_says(tmp_path, monkeypat
     cached = dict(zip(namespace["cache"].load("test")[2], namespace["x_test"], strict=True))
     np.testing.assert_allclose(namespace["vectors"][0], cached["test/cat/0000.jpg"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(namespace["vector"][0], cached["test/dog/0000.jpg"], rtol=1e-4, atol=1e-4)
-    assert len(list((tmp_path / "cache").glob("*.h5"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.h5"))) == 1  # FrozenFeatures keeps its own under cache/images/
+    assert ast.literal_eval(lines[-1]) == namespace["search"].best_params_  # printed last
+    assert namespace["search"].best_params_["features__pool"] in ("avg", "max")
+    assert len(list((tmp_path / "cache" / "images").glob("*.h5"))) == 2  # one file per setting of the search
+
+
+def test_the_readme_python_block_imports_only_the_public_api():
+    imported = [node for node in ast.walk(ast.parse(readme_python_block())) if isinstance(node, ast.ImportFrom)]
+    ours = [node for node in imported if node.module.split(".")[0] in ("extract", "classify", "pipelines")]
+    assert ours and all(node.module in ("extract", "classify", "pipelines") for node in ours)
+    import classify
+    import extract
+    import pipelines
+
+    for node in ours:
+        package = {"extract": extract, "classify": classify, "pipelines": pipelines}[node.module]
+        assert all(alias.name in package.__all__ for alias in node.names)
+
+
+def test_every_public_name_resolves():
+    import classify
+    import extract
+    import pipelines
+
+    for package in (extract, classify, pipelines):
+        assert all(getattr(package, name) is not None for name in package.__all__)
+    assert extract.__version__
 
 
 def test_features_of_pil_images_of_any_mode_are_those_of_their_rgb_conversion():
