@@ -38,6 +38,7 @@ pair at a time on kernel matrices computed with BLAS (PairwiseSVC: 50 s instead 
 features); --exact and --pairwise force either.
 The grid search uses the train split only; the test split is scored once, with the best parameters. A best
 value at an end of the grid that beat its neighbour in every fold is named on stderr, with a grid to try next.
+Guide: docs/classify.md.
 The fitted pipeline (FILE.HEAD.joblib), its metrics and provenance (FILE.HEAD.json), the confusion
 matrix (FILE.HEAD.confusion.png), every test image's prediction (FILE.HEAD.predictions.csv) and, for image
 folders and tables, a picture of the wrong ones (FILE.HEAD.mistakes.png) are written beside the cache file.

@@ -28,6 +28,7 @@ EPILOG = """examples:
 The features land in --cache-dir as one HDF5 file per (dataset, backbone, weights, layer, pooling, input
 size); running the same command again reuses it without touching the network, and after images were added,
 moved or edited, only those go through the network again. Then: python -m classify svm
+Guide: docs/extract.md (backbones, layers, preprocessing, datasets) and docs/cache.md (the file, reuse, resume).
 """
 
 

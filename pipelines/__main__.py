@@ -31,6 +31,7 @@ modes: head (new output layer only; batch-norm statistics frozen), partial (bloc
 default the last third), full (everything), lp-ft (the output layer starts as the linear probe of the cached
 features, then everything, or the blocks from --unfreeze-from on, trains), scratch (same architecture, random init).
 The pretrained part trains at --lr, the new output layer at lr x --head-lr-mult (default 10; lp-ft: x1).
+Guide: docs/finetune.md (fine-tuning, compare, LP-FT) and docs/advisor.md (advise).
 """
 
 

@@ -1,24 +1,29 @@
-"""The README's "From Python" block, run as it stands, so that what it shows stays true."""
+"""The Python blocks of docs/python.md and the README, run as they stand, so that what they show stays true."""
 
 import ast
 import re
 import shutil
 
 import numpy as np
+import pytest
 
 from tests.conftest import REPO, SAMPLE
 
 
-def readme_python_block() -> str:
-    section = (REPO / "README.md").read_text().split("## From Python", 1)[1]
+def python_block(page: str = "docs/python.md", heading: str = "## The whole API in one notebook cell") -> str:
+    section = (REPO / page).read_text().split(heading, 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
-def test_the_readme_python_block_runs_and_gives_what_it_says(tmp_path, monkeypatch, capsys):
+def readme_python_block() -> str:
+    return python_block("README.md", "## From Python")
+
+
+def test_the_python_pages_block_and_the_readmes_run_and_give_what_they_say(tmp_path, monkeypatch, capsys):
     shutil.copytree(SAMPLE, tmp_path / "examples" / "cifar10-mini")
-    monkeypatch.chdir(tmp_path)  # the block's relative paths: examples/ to read, cache/ to write
+    monkeypatch.chdir(tmp_path)  # the blocks' relative paths: examples/ to read, cache/ to write
     namespace: dict = {}
-    exec(compile(readme_python_block(), "README.md", "exec"), namespace)
+    exec(compile(python_block(), "docs/python.md", "exec"), namespace)
     lines = capsys.readouterr().out.splitlines()
     (score,) = [line for line in lines if line.startswith("test accuracy")]  # the library logs its steps too
     assert re.fullmatch(r"test accuracy 0\.\d{3}, classes \['airplane', 'automobile', .*'truck'\]", score)
@@ -39,9 +44,17 @@ def test_the_readme_python_block_runs_and_gives_what_it_says(tmp_path, monkeypat
     assert namespace["search"].best_params_["features__pool"] in ("avg", "max")
     assert len(list((tmp_path / "cache" / "images").glob("*.h5"))) == 2  # one file per setting of the search
 
+    capsys.readouterr()
+    short: dict = {}
+    exec(compile(readme_python_block(), "README.md", "exec"), short)  # the README's ten lines, on the same cache
+    assert short["x_train"].shape == (300, 1280) and short["vectors"].shape == (1, 1280)
+    assert 0.3 < float(capsys.readouterr().out.splitlines()[-1]) <= 1
+    np.testing.assert_allclose(short["vectors"][0], cached["test/cat/0000.jpg"], rtol=1e-4, atol=1e-4)
 
-def test_the_readme_python_block_imports_only_the_public_api():
-    imported = [node for node in ast.walk(ast.parse(readme_python_block())) if isinstance(node, ast.ImportFrom)]
+
+@pytest.mark.parametrize("block", [python_block, readme_python_block])
+def test_the_python_blocks_import_only_the_public_api(block):
+    imported = [node for node in ast.walk(ast.parse(block())) if isinstance(node, ast.ImportFrom)]
     ours = [node for node in imported if node.module.split(".")[0] in ("extract", "classify", "pipelines")]
     assert ours and all(node.module in ("extract", "classify", "pipelines") for node in ours)
     import classify
