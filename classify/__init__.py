@@ -17,8 +17,9 @@ Importing `classify` does not import torch; `predict_images` does, as it runs th
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from extract.lazy import lazy_exports
 
 _HOME = {
     "train_head": "classify.train",
@@ -45,11 +46,4 @@ if TYPE_CHECKING:
     from classify.train import TrainResult, train_head
 
 
-def __getattr__(name: str) -> object:
-    if name not in _HOME:
-        raise AttributeError(f"module 'classify' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME[name]), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _HOME, __all__)

@@ -21,9 +21,10 @@ on it, does not import torch.
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
+
+from extract.lazy import lazy_exports
 
 try:
     __version__ = version("transferkit")
@@ -61,11 +62,4 @@ if TYPE_CHECKING:
     from extract.store import CacheInfo, FeatureCache, open_cache
 
 
-def __getattr__(name: str) -> object:
-    if name not in _HOME:
-        raise AttributeError(f"module 'extract' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME[name]), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _HOME, __all__)

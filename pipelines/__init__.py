@@ -14,8 +14,9 @@ The public API (anything else may change):
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from extract.lazy import lazy_exports
 
 _HOME = {
     "FinetuneConfig": "pipelines.finetune",
@@ -35,11 +36,4 @@ if TYPE_CHECKING:
     from pipelines.predict import predict_finetuned
 
 
-def __getattr__(name: str) -> object:
-    if name not in _HOME:
-        raise AttributeError(f"module 'pipelines' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME[name]), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _HOME, __all__)
