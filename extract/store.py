@@ -234,6 +234,7 @@ class RowDonor:
         self.path = path
         self.file = h5py.File(path, "r")
         try:
+            self.feature_dim = CacheInfo.from_attrs(self.file.attrs).feature_dim
             held = self._held_files()
         except (OSError, KeyError):
             self.file.close()
@@ -261,7 +262,7 @@ class RowDonor:
         """(first row, features) of rows [start, stop) of `split`, every one of them held, a chunk at a time."""
         for first in range(start, stop, self.COPY_ROWS):
             sources = self.sources[split][first:min(stop, first + self.COPY_ROWS)]
-            features = np.empty((len(sources), CacheInfo.from_attrs(self.file.attrs).feature_dim), dtype=np.float32)
+            features = np.empty((len(sources), self.feature_dim), dtype=np.float32)
             for name in {name for name, _ in sources}:
                 at = np.asarray([i for i, (n, _) in enumerate(sources) if n == name])
                 rows = np.asarray([sources[i][1] for i in at])

@@ -16,11 +16,10 @@ from classify.models import load_model
 from classify.train import train_head
 from extract.datasets import Dataset, resolve_dataset
 from extract.errors import UsageError, make_folder
-from extract.features import ExtractionSettings
-from extract.run import ExtractRequest, extract_to_cache
 from extract.store import open_cache
 from pipelines.finetune import FinetuneConfig, finetune
 from pipelines.finetune.checkpoint import comparable
+from pipelines.finetune.probe import extract_features
 from pipelines.report import markdown_table, plot_samples, plot_test_accuracy, plot_validation_curves
 
 STRATEGIES = ("frozen", "frozen-layers", "head", "partial", "full", "lp-ft", "scratch")
@@ -43,12 +42,7 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
 
     `frozen` reads the penultimate layer; `frozen-layers` every stage too, the layer chosen by cross-validation."""
     started = time.perf_counter()
-    settings = ExtractionSettings(batch_size=max(config.batch_size, 32), device=config.device,
-                                  precision=config.precision, workers=config.workers)
-    extracted = extract_to_cache(ExtractRequest(
-        backbone=config.backbone, dataset=config.dataset, weights=config.weights, image_size=config.image_size,
-        layers=FROZEN_STRATEGIES[strategy], flip=config.flip, limit_per_class=config.limit_per_class,
-        data_root=config.data_root, cache_dir=cache_dir, settings=settings), log=log)
+    extracted = extract_features(config, log, FROZEN_STRATEGIES[strategy], config.flip, cache_dir)
     cache = open_cache(extracted.path)
     smallest = int(np.bincount(cache.load("train")[1]).min())
     layer = "best" if strategy == "frozen-layers" else None

@@ -21,7 +21,8 @@ from classify.heads import DEFAULT_GRIDS, build_head
 from extract.datasets import Dataset
 from extract.errors import UsageError
 from extract.features import ExtractionSettings
-from extract.run import ExtractRequest, extract_to_cache
+from extract.layers import DEFAULT_LAYER
+from extract.run import ExtractRequest, ExtractResult, extract_to_cache
 from extract.store import open_cache
 from pipelines.finetune.config import FinetuneConfig
 
@@ -40,15 +41,22 @@ class ProbeHead:
     train_accuracy: float
 
 
+def extract_features(config: FinetuneConfig, log: Callable[[str], None], layers: str = DEFAULT_LAYER,
+                     flip: bool = False, cache_dir: str | None = None) -> ExtractResult:
+    """The run's dataset through the feature cache (`config.cache_dir` unless given), as the run's backbone, weights,
+    input size and precision give them: what lp-ft's probe and compare's frozen strategies read."""
+    settings = ExtractionSettings(batch_size=max(config.batch_size, 32), device=config.device,
+                                  precision=config.precision, workers=config.workers)
+    return extract_to_cache(ExtractRequest(
+        backbone=config.backbone, dataset=config.dataset, weights=config.weights, image_size=config.image_size,
+        layers=layers, flip=flip, limit_per_class=config.limit_per_class, data_root=config.data_root,
+        cache_dir=cache_dir or config.cache_dir, settings=settings), log=log)
+
+
 def fit_probe_head(config: FinetuneConfig, dataset: Dataset, train_rows: np.ndarray,
                    log: Callable[[str], None]) -> ProbeHead:
     """Features of the train part through the cache, the probe chosen by cross-validation, folded to one layer."""
-    settings = ExtractionSettings(batch_size=max(config.batch_size, 32), device=config.device,
-                                  precision=config.precision, workers=config.workers)
-    extracted = extract_to_cache(ExtractRequest(
-        backbone=config.backbone, dataset=config.dataset, weights=config.weights, image_size=config.image_size,
-        limit_per_class=config.limit_per_class, data_root=config.data_root, cache_dir=config.cache_dir,
-        settings=settings), log=log)
+    extracted = extract_features(config, log)
     features, labels, ids = open_cache(extracted.path).load("train")
     row_of = {sample_id: row for row, sample_id in enumerate(ids)}
     wanted = [dataset.splits["train"].ids[row] for row in train_rows]
