@@ -49,6 +49,7 @@ class ExtractRequest:
     flip: bool = False  # each image's features averaged with its mirror image's
     image_size: int | None = None
     limit_per_class: int | None = None
+    train_per_class: int | None = None
     data_root: str = "data"
     cache_dir: str = DEFAULT_CACHE_DIR
     force: bool = False
@@ -102,7 +103,8 @@ def provenance(dataset: Dataset, backbone: Backbone, extractor: Extractor, pool:
     read them."""
     return dataclasses.replace(
         extraction_info(backbone, extractor, pool), dataset=dataset.slug, dataset_fingerprint=dataset.fingerprint,
-        class_names=dataset.class_names, dataset_source=dataset.source, limit_per_class=dataset.limit_per_class or 0)
+        class_names=dataset.class_names, dataset_source=dataset.source, limit_per_class=dataset.limit_per_class or 0,
+        train_per_class=dataset.train_per_class or 0)
 
 
 def _stale_siblings(path: Path) -> list[Path]:
@@ -117,7 +119,8 @@ def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print
     Under torchrun each rank computes its contiguous share into its own part file, then rank 0 merges the
     parts into the one entry a single process would have written."""
     ranks = world(request.settings.device)
-    dataset = resolve_dataset(request.dataset, request.data_root, request.limit_per_class)
+    dataset = resolve_dataset(request.dataset, request.data_root, request.limit_per_class,
+                              train_per_class=request.train_per_class)
     if dataset.note and ranks.is_main:
         log(dataset.note)
     backbone = create_backbone(request.backbone, request.weights, request.image_size)
@@ -334,7 +337,8 @@ def verify_cache(path: str, data_root: str = "data") -> list[tuple[str, bool, st
         rows.append(("weights available", False, str(error)))
     source = info.dataset_source or None
     try:
-        dataset = resolve_dataset(source, data_root, info.limit_per_class or None, download=False)
+        dataset = resolve_dataset(source, data_root, info.limit_per_class or None, download=False,
+                                  train_per_class=info.train_per_class or None)
         rows.append(("dataset fingerprint matches", dataset.fingerprint == info.dataset_fingerprint,
                      f"{source}: files, sizes, mtimes and labels"))
     except (UsageError, TypeError) as error:

@@ -62,6 +62,7 @@ class CacheInfo:
     layout: list[list] | None = None  # [layer, first column, end column] of each layer; None in format 1
     dataset_source: str = ""  # where the data came from, so --verify can fingerprint it again
     limit_per_class: int = 0
+    train_per_class: int = 0  # the train split cut to the first N of each class (0: whole)
     # written with the file
     format_version: int = FORMAT_VERSION
     complete: bool = False

@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     both.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                       help="where the frozen features are cached (default: cache/)")
     both.add_argument("--out", default=None, help="report folder (default reports/BACKBONE-DATASET)")
+    both.add_argument("--train-per-class", dest="train_sizes", default=None, metavar="N[,N...]",
+                      help="train on the first N images of each class, test on the whole test split; several sizes "
+                           "(50,200,1000) run the comparison at each into OUT/train-N/ and draw the learning curve "
+                           "in OUT/report.md")
     both.add_argument("--resume", action="store_true",
                       help="read back the strategies OUT already holds and continue an interrupted one from its last "
                            "checkpoint")
@@ -191,11 +195,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from pipelines.compare import compare, parse_strategies
+    from pipelines.curve import learning_curve, parse_sizes
     from pipelines.report import markdown_table
 
     out = args.out or f"reports/{name_in_paths(args.backbone)}-{slug}"
-    rows = compare(config_from(args), parse_strategies(args.strategies), args.cache_dir, out, log=log,
-                   resume=args.resume)
+    config, strategies = config_from(args), parse_strategies(args.strategies)
+    sizes = parse_sizes(args.train_sizes) if args.train_sizes else []
+    if len(sizes) > 1:
+        points = learning_curve(config, strategies, sizes, args.cache_dir, out, log=log, resume=args.resume)
+        if args.json:
+            print(json.dumps({size: [{k: v for k, v in r.items() if k != "test_predictions"} for r in rows]
+                              for size, rows in points.items()}))
+        else:
+            print((Path(out) / "report.md").read_text().split("\n![")[0].rstrip())
+            print(f"\nreport: {out}/report.md")
+        return 0
+    config.train_per_class = sizes[0] if sizes else None
+    rows = compare(config, strategies, args.cache_dir, out, log=log, resume=args.resume)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "test_predictions"} for r in rows]))
     else:

@@ -18,7 +18,7 @@ from extract.datasets import Dataset, resolve_dataset
 from extract.errors import UsageError, make_folder
 from extract.store import open_cache
 from pipelines.finetune import FinetuneConfig, finetune
-from pipelines.finetune.checkpoint import comparable
+from pipelines.finetune.checkpoint import comparable, same_settings
 from pipelines.finetune.probe import extract_features
 from pipelines.report import markdown_table, plot_samples, plot_test_accuracy, plot_validation_curves
 
@@ -68,7 +68,8 @@ def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: 
     """Each strategy on the same split, then the report. Each finished strategy leaves `OUT/STRATEGY/row.json`; with
     `resume`, those are read back and an interrupted fine-tuning continues from its last checkpoint, so a comparison
     too long for one sitting is finished by running the same command again with --resume."""
-    dataset = resolve_dataset(config.dataset, config.data_root, config.limit_per_class)
+    dataset = resolve_dataset(config.dataset, config.data_root, config.limit_per_class,
+                              train_per_class=config.train_per_class)
     out_dir = make_folder(out, "--out")
     rows, histories = [], {}
     for strategy in strategies:
@@ -102,7 +103,7 @@ def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: 
 
 def _read_back(path: Path, config: FinetuneConfig) -> dict:
     row = json.loads(path.read_text())
-    if row.pop("settings") != comparable(config):
+    if not same_settings(row.pop("settings"), config):
         raise UsageError(f"{path} was written by a comparison with other settings; use another --out or drop "
                          "--resume to start over")
     return row
@@ -124,7 +125,8 @@ def write_report(rows: list[dict], histories: dict, dataset: Dataset, config: Fi
     table = markdown_table(rows)
     details = "\n".join(f"- **{r['strategy']}**: {r['detail']}" for r in rows)
     setup = (f"{config.backbone} on {dataset.name}: {len(dataset.splits['train'])} train / {len(test)} test images"
-             f"{f', {config.limit_per_class} per class' if config.limit_per_class else ''}, "
+             f"{f', {config.limit_per_class} per class' if config.limit_per_class else ''}"
+             f"{f' (the first {config.train_per_class} train images of each class)' * bool(config.train_per_class)}, "
              f"input {config.image_size or 'default'} px, up to {config.epochs} epochs (patience {config.patience}), "
              f"{config.optimizer} lr {config.base_lr} (head x{config.head_lr_mult}), {config.schedule} schedule"
              + ("; --balanced: classes weighted by the inverse of their train count in every loss, heads and "

@@ -75,6 +75,29 @@ def plot_test_accuracy(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def plot_learning_curve(points: dict[int, list[dict]], path: Path) -> Path:
+    """Test accuracy against train images per class (log scale), a line and its 95% interval band per strategy."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sizes = list(points)
+    for index, name in enumerate(row["strategy"] for row in points[sizes[0]]):
+        rows = [next(row for row in points[size] if row["strategy"] == name) for size in sizes]
+        ax.plot(sizes, [row["test_accuracy"] for row in rows], marker="o", label=name,
+                linestyle="--" if name.startswith("frozen") else "-", color=f"C{index}")
+        ax.fill_between(sizes, [row["test_accuracy_interval"][0] for row in rows],
+                        [row["test_accuracy_interval"][1] for row in rows], alpha=0.15, color=f"C{index}")
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(size) for size in sizes])
+    ax.minorticks_off()
+    ax.set(xlabel="train images per class", ylabel="test accuracy", title="test accuracy by train size (bands: 95%)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_samples(images: list, predicted: list[str], true: list[str], path: Path, title: str) -> Path:
     """A grid of test images titled 'predicted (true)', green when right and red when wrong."""
     plt = _pyplot()

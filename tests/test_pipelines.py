@@ -9,10 +9,12 @@ import pytest
 import torch
 from conftest import run
 
+from extract.__main__ import main as extract_main
 from extract.datasets import resolve_dataset
 from extract.store import open_cache
 from pipelines.__main__ import main
 from pipelines.finetune import FinetuneConfig, finetune, prepare_model
+from pipelines.finetune.checkpoint import comparable, same_settings
 from pipelines.finetune.surgery import parameter_groups
 
 TINY = dict(backbone="efficientnet_lite0", image_size=48, limit_per_class=4, epochs=1, batch_size=16, workers=0)
@@ -468,3 +470,58 @@ def test_compare_resumes_reading_back_finished_strategies(sample_dir, tmp_path, 
     assert again[0] == first[0] and [r["strategy"] for r in again] == ["frozen", "head"]
     code, _, err = run(main, [*argv, "--resume", "--seed", "1"], capsys)
     assert code == 2 and "written by a comparison with other settings" in err
+
+
+def test_train_per_class_cuts_the_train_split_only(sample_dir):
+    whole = resolve_dataset(str(sample_dir))
+    cut = resolve_dataset(str(sample_dir), train_per_class=3)
+    assert np.bincount(cut.splits["train"].labels).tolist() == [3] * 10
+    assert cut.splits["train"].ids == [i for i in whole.splits["train"].ids if i in set(cut.splits["train"].ids)]
+    assert cut.splits["test"].ids == whole.splits["test"].ids and cut.fingerprint != whole.fingerprint
+    # a cut that removes nothing is the dataset itself, and names the same cache entries
+    assert resolve_dataset(str(sample_dir), train_per_class=10_000).fingerprint == whole.fingerprint
+
+
+def test_compare_draws_the_learning_curve_on_one_test_split(sample_dir, tmp_path, capsys):
+    out = tmp_path / "curve"
+    argv = ["compare", "efficientnet_lite0", str(sample_dir), "--strategies", "frozen,head", "--image-size", "48",
+            "--epochs", "1", "--workers", "0", "--train-per-class", "100,3", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(out), "--json"]
+    code, stdout, err = run(main, argv, capsys)
+    assert code == 0
+    points = json.loads(stdout)
+    whole = len(resolve_dataset(str(sample_dir)).splits["train"]) // 10
+    assert list(points) == ["3", str(whole)]  # ascending; 100 a class is all there is
+    for size in points:  # every point scored on every test image
+        for strategy in ("frozen", "head"):
+            assert len(json.loads((out / f"train-{size}" / strategy / "row.json").read_text())["test_predictions"]) \
+                == 100
+    assert "taking the features of the" in err  # the second point's frozen features came from the first's entry
+    settings = json.loads((out / f"train-{whole}" / "frozen" / "row.json").read_text())["settings"]
+    assert settings["train_per_class"] is None  # the whole split: the same run as a comparison without the option
+    assert json.loads((out / "train-3" / "head" / "row.json").read_text())["settings"]["train_per_class"] == 3
+    cut_entry = json.loads((out / "train-3" / "frozen" / "row.json").read_text())["cache_file"]
+    assert open_cache(cut_entry).info.train_per_class == 3 and len(open_cache(cut_entry).load("train")[1]) == 30
+    assert run(extract_main, ["--verify", cut_entry], capsys)[0] == 0  # the cut dataset fingerprints again
+    report = (out / "report.md").read_text()
+    assert "| [3](train-3/report.md) |" in report and "(learning_curve.png)" in report
+    assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "head** beats the best frozen strategy at" in report
+    code, stdout, err = run(main, [*argv, "--resume"], capsys)
+    assert code == 0 and err.count("read back from") == 4 and "extracting" not in err
+
+
+@pytest.mark.parametrize("value", ["0", "a,b", ","])
+def test_a_bad_train_size_is_one_line(value, capsys):
+    code, stdout, err = run(main, ["compare", "efficientnet_lite0", "examples/cifar10-mini", "--train-per-class",
+                                   value], capsys)
+    assert code == 2 and not stdout and "--train-per-class" in err and err.count("\n") == 1, err
+
+
+def test_settings_saved_before_a_field_was_added_still_match():
+    config = FinetuneConfig(dataset="photos", **TINY)
+    saved = comparable(config)
+    saved.pop("train_per_class")  # as a run of the version before it wrote them
+    assert same_settings(saved, config)
+    assert not same_settings(saved, FinetuneConfig(dataset="photos", train_per_class=3, **TINY))
+    assert not same_settings({**saved, "seed": 1}, config)

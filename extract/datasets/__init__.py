@@ -15,7 +15,7 @@ from extract.datasets.builtin import BUILTIN_DATASETS, TORCHVISION_DATASETS, dig
 from extract.datasets.files import copies_across_splits, copies_warning, hold_out, images_under
 from extract.datasets.folders import folder_dataset
 from extract.datasets.images import IMAGE_EXTENSIONS, BadImageError, load_image, to_rgb
-from extract.datasets.splits import Dataset, Split
+from extract.datasets.splits import Dataset, Split, keep_train_per_class
 from extract.datasets.tables import CSV_SUFFIXES, table_dataset
 from extract.errors import UsageError
 
@@ -25,10 +25,14 @@ __all__ = ["BUILTIN_DATASETS", "CSV_SUFFIXES", "IMAGE_EXTENSIONS", "TORCHVISION_
 
 
 def resolve_dataset(spec: str, data_root: str | Path = "data", limit_per_class: int | None = None,
-                    download: bool = True) -> Dataset:
-    """A dataset name (torchvision's, or `digits`) or an image-folder path, resolved to train/test splits."""
-    if limit_per_class is not None and limit_per_class < 1:
-        raise UsageError(f"--limit-per-class must be 1 or more, not {limit_per_class}")
+                    download: bool = True, train_per_class: int | None = None) -> Dataset:
+    """A dataset name (torchvision's, or `digits`) or an image-folder path, resolved to train/test splits.
+
+    `limit_per_class` cuts every split to the first N images of each class (quick runs); `train_per_class` cuts the
+    train split only (the points of a learning curve, scored on one test split)."""
+    for option, value in (("--limit-per-class", limit_per_class), ("--train-per-class", train_per_class)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option} must be 1 or more, not {value}")
     key = spec.lower().replace("-", "").replace("_", "")
     if key in TORCHVISION_DATASETS and not Path(spec).exists():
         dataset = torchvision_dataset(key, Path(data_root), limit_per_class, download)
@@ -47,7 +51,7 @@ def resolve_dataset(spec: str, data_root: str | Path = "data", limit_per_class: 
     else:
         _unknown_dataset(spec, key)
     dataset.source, dataset.limit_per_class = spec, limit_per_class
-    return dataset
+    return keep_train_per_class(dataset, train_per_class) if train_per_class else dataset
 
 
 def sample_file(source: str, sample_id: str) -> Path | None:

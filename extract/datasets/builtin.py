@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from extract.datasets.images import to_rgb
-from extract.datasets.splits import Dataset, Split
+from extract.datasets.splits import Dataset, Split, first_per_class
 from extract.errors import UsageError
 
 # name -> (torchvision class, keyword arguments for the train split, for the test split)
@@ -55,15 +55,6 @@ def _torchvision_labels(dataset) -> np.ndarray:
     if hasattr(dataset, "_samples"):
         return np.asarray([label for _, label in dataset._samples], dtype=np.int64)
     return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
-
-
-def first_per_class(labels: np.ndarray, limit: int | None) -> np.ndarray:
-    if limit is None:
-        return np.arange(len(labels))
-    keep = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        keep[np.flatnonzero(labels == label)[:limit]] = True
-    return np.flatnonzero(keep)
 
 
 def torchvision_dataset(name: str, data_root: Path, limit_per_class: int | None, download: bool) -> Dataset:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -58,6 +59,7 @@ class Dataset:
     fingerprint: str
     source: str = ""
     limit_per_class: int | None = None
+    train_per_class: int | None = None  # the train split cut to the first N of each class, the test split whole
     note: str = ""  # how the splits were made where the user did not make them, and which files were left out
 
     @property
@@ -70,3 +72,25 @@ class Dataset:
         from extract.datasets.files import copies_across_splits  # files builds on this module
 
         return copies_across_splits(self)
+
+
+def first_per_class(labels: np.ndarray, limit: int | None) -> np.ndarray:
+    """Row numbers of the first `limit` samples of each class, in their order; all rows for None."""
+    if limit is None:
+        return np.arange(len(labels))
+    keep = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        keep[np.flatnonzero(labels == label)[:limit]] = True
+    return np.flatnonzero(keep)
+
+
+def keep_train_per_class(dataset: Dataset, limit: int) -> Dataset:
+    """A new dataset with the first `limit` train images of each class and the whole test split: the points of a
+    learning curve are scored on one test split. The dataset itself, unchanged, where no class has more."""
+    train = dataset.splits["train"]
+    rows = first_per_class(train.labels, limit)
+    if len(rows) == len(train):
+        return dataset
+    fingerprint = hashlib.sha256(f"{dataset.fingerprint}:train_per_class={limit}".encode()).hexdigest()
+    return replace(dataset, splits={**dataset.splits, "train": train.subset(rows)}, fingerprint=fingerprint,
+                   train_per_class=limit)

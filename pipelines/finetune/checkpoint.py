@@ -27,6 +27,13 @@ def comparable(config: FinetuneConfig) -> dict:
     return fields
 
 
+def same_settings(saved: dict, config: FinetuneConfig) -> bool:
+    """Whether `saved`, the `comparable` fields of an earlier run, name this run. A field added since that run
+    matches where this one leaves it at its default, so runs of an earlier version still resume."""
+    now, default = comparable(config), comparable(FinetuneConfig())
+    return saved.keys() <= now.keys() and all(saved.get(key, default[key]) == value for key, value in now.items())
+
+
 def random_states(loader_generator: torch.Generator) -> dict:
     """Python's, NumPy's and torch's random states (augmentation, dropout, a new layer's initialisation) and the train
     loader's generator (each epoch's shuffle and its workers' seeds), in types `torch.load(weights_only=True)` reads."""

@@ -26,6 +26,7 @@ class FinetuneConfig:
     weights: str | None = None
     image_size: int | None = None
     limit_per_class: int | None = None
+    train_per_class: int | None = None  # the train split cut to the first N of each class; the test split whole
     data_root: str = "data"
     epochs: int = 10
     batch_size: int = 32

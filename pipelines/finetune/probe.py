@@ -49,7 +49,8 @@ def extract_features(config: FinetuneConfig, log: Callable[[str], None], layers:
                                   precision=config.precision, workers=config.workers)
     return extract_to_cache(ExtractRequest(
         backbone=config.backbone, dataset=config.dataset, weights=config.weights, image_size=config.image_size,
-        layers=layers, flip=flip, limit_per_class=config.limit_per_class, data_root=config.data_root,
+        layers=layers, flip=flip, limit_per_class=config.limit_per_class,
+        train_per_class=config.train_per_class, data_root=config.data_root,
         cache_dir=cache_dir or config.cache_dir, settings=settings), log=log)
 
 

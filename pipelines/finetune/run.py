@@ -32,7 +32,13 @@ from extract.distributed import World, world
 from extract.errors import UsageError, make_folder
 from extract.preprocess import Preprocess, resize_and_crop
 from extract.runtime import keep_freed_memory, resolve_device
-from pipelines.finetune.checkpoint import comparable, random_states, restore_random_states, save_atomically
+from pipelines.finetune.checkpoint import (
+    comparable,
+    random_states,
+    restore_random_states,
+    same_settings,
+    save_atomically,
+)
 from pipelines.finetune.config import FinetuneConfig, FinetuneResult
 from pipelines.finetune.data import (
     LabelledImages,
@@ -89,7 +95,7 @@ def _resume(path: Path, config: FinetuneConfig, device: torch.device, model: nn.
             loader: DataLoader, log: Callable[[str], None]) -> _Progress:
     """The state of an interrupted run, loaded into model, optimiser, schedule and random generators."""
     state = torch.load(path, map_location=device, weights_only=True)
-    if state["config"] != comparable(config):
+    if not same_settings(state["config"], config):
         raise UsageError(f"{path} was written by a run with other settings; use another --out or drop --resume to "
                          "start over")
     if "random_states" not in state:
@@ -113,7 +119,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     if not ranks.is_main:
         log = lambda message: None  # noqa: E731
     torch.manual_seed(config.seed)
-    dataset = dataset or resolve_dataset(config.dataset, config.data_root, config.limit_per_class)
+    dataset = dataset or resolve_dataset(config.dataset, config.data_root, config.limit_per_class,
+                                         train_per_class=config.train_per_class)
     if ranks.is_main:  # the others' log is silent: no need to read the files for it
         for line in (dataset.note, copies_warning(dataset.test_copies)):
             if line:
