@@ -84,7 +84,9 @@ def test_fit_temperature_finds_the_temperature_that_made_the_labels():
     logits = random.normal(scale=6, size=(20_000, 5))
     labels = np.array([random.choice(5, p=row) for row in softmax(logits / 2.5, axis=1)])
     assert fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.05)
-    # never sharpens: logits whose largest is always right would want T -> 0
+    # an underconfident softmax is sharpened: labels drawn from softmax(logits), fitted on logits halved
+    assert fit_temperature(logits / 2.5 / 2, labels) == pytest.approx(0.5, rel=0.05)
+    # but never where every image is right: those logits would want T -> 0
     assert fit_temperature(logits, logits.argmax(1)) == pytest.approx(1, abs=1e-3)
 
 
