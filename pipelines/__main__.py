@@ -25,6 +25,8 @@ EPILOG = """examples:
   python -m pipelines finetune resnet18 path/to/photos --mode partial --unfreeze-from layer4.0
   python -m pipelines compare efficientnet_lite0 ../shared/datasets/cifar10 --limit-per-class 200 \\
       --image-size 96 --epochs 5 --out reports/cifar10-200
+  python -m pipelines compare efficientnet_lite0 ../shared/datasets/cifar10 --strategies frozen,lp-ft --flip \\
+      --train-per-class 100,1000,5000 --image-size 96 --epochs 3 --out reports/cifar10-96px   the learning curve
   python -m pipelines predict runs/efficientnet_lite0-cifar10-mini-head photo1.jpg photos/   the tuned network
 
 modes: head (new output layer only; batch-norm statistics frozen), partial (blocks from --unfreeze-from on,
@@ -37,7 +39,8 @@ Guide: docs/finetune.md (fine-tuning, compare, LP-FT) and docs/advisor.md (advis
 
 ADVISE_HELP = f"""Where does a dataset sit among the four transfer-learning quadrants, and what should run?
 
-size: train images in the smallest class; large from {LARGE_PER_CLASS}.
+size: train images in the smallest class; large from {LARGE_PER_CLASS['similar']} for similar data (where lp-ft
+  starts at the linear probe), from {LARGE_PER_CLASS['dissimilar']} for dissimilar data.
 similarity to ImageNet, measured on the first --probe-per-class train images of each class (features cached):
   ImageNet confidence: mean top-1 probability of the pretrained classifier over its 1000 classes
     (similar from {MIN_CONFIDENCE})
@@ -45,8 +48,8 @@ similarity to ImageNet, measured on the first --probe-per-class train images of 
     (similar from {MIN_TOP_LAYER_MARGIN})
   similar when both pass.
 small+similar: frozen (penultimate features, linear/SVM head); small+dissimilar: frozen-layers (the layer chosen
-by CV among every stage); large+similar: partial fine-tuning; large+dissimilar: full fine-tuning from ImageNet
-weights.
+by CV among every stage); large+similar: lp-ft (fine-tuning from the linear probe); large+dissimilar: full
+fine-tuning from ImageNet weights.
 Thresholds and their calibration: docs/advisor.md.
 """
 

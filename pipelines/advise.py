@@ -32,7 +32,10 @@ from extract.run import ExtractRequest, extract_to_cache
 from extract.store import DEFAULT_CACHE_DIR, open_cache
 
 # Thresholds, calibrated in docs/advisor.md.
-LARGE_PER_CLASS = 1000  # train images in the smallest class from which fine-tuning is recommended
+# train images in the smallest class from which fine-tuning is recommended: for data close to ImageNet, lp-ft
+# (it starts at the linear probe; it beat frozen features from 100 a class on CIFAR-10's learning curve); for data
+# far from it, full fine-tuning from ImageNet weights (it lost to frozen earlier layers even at 1,000 a class)
+LARGE_PER_CLASS = {"similar": 100, "dissimilar": 1000}
 MIN_CONFIDENCE = 0.20  # mean top-1 ImageNet probability from which a dataset counts as similar
 MIN_TOP_LAYER_MARGIN = 0.0  # penultimate probe accuracy minus the best earlier stage's, from which: similar
 PROBE_PER_CLASS = 50
@@ -43,7 +46,8 @@ STRATEGIES = {
     ("small", "similar"): ("frozen", "frozen top-layer (penultimate) features and a linear or SVM head"),
     ("small", "dissimilar"): ("frozen-layers", "frozen features of every stage, the layer chosen by cross-"
                                                "validation (an earlier one, as a rule), and a linear head"),
-    ("large", "similar"): ("partial", "fine-tune the top blocks and a new head from ImageNet weights"),
+    ("large", "similar"): ("lp-ft", "fine-tune the whole network from the linear probe of the cached features "
+                                    "(LP-FT): it starts where frozen features end"),
     ("large", "dissimilar"): ("full", "fine-tune the whole network, starting from ImageNet weights"),
 }
 
@@ -141,17 +145,17 @@ def advise(dataset: str, backbone: str = DEFAULT_BACKBONE, probe_per_class: int 
     size_signals = measure_size(dataset, data_root, limit_per_class)
     probe = min(probe_per_class, limit_per_class or probe_per_class)
     similarity_signals = measure_similarity(dataset, backbone, probe, image_size, cache_dir, data_root, settings, log)
-    size = "large" if size_signals["smallest_class"] >= LARGE_PER_CLASS else "small"
     similar = (similarity_signals["imagenet_confidence"] >= MIN_CONFIDENCE
                and similarity_signals["top_layer_margin"] >= MIN_TOP_LAYER_MARGIN)
     similarity = "similar" if similar else "dissimilar"
+    size = "large" if size_signals["smallest_class"] >= LARGE_PER_CLASS[similarity] else "small"
     strategy, recommendation = STRATEGIES[size, similarity]
     return Advice(
         dataset=dataset, backbone=backbone, size=size, similarity=similarity, quadrant=f"{size}, {similarity}",
         strategy=strategy, recommendation=recommendation,
         command=recommend_command(strategy, backbone, dataset, image_size, limit_per_class),
         signals={**{k: v for k, v in size_signals.items() if k != "class_names"}, **similarity_signals},
-        thresholds={"large_per_class": LARGE_PER_CLASS, "min_imagenet_confidence": MIN_CONFIDENCE,
+        thresholds={"large_per_class": LARGE_PER_CLASS[similarity], "min_imagenet_confidence": MIN_CONFIDENCE,
                     "min_top_layer_margin": MIN_TOP_LAYER_MARGIN})
 
 
@@ -165,7 +169,7 @@ def format_advice(advice: Advice) -> str:
     return "\n".join([
         f"{advice.dataset} with {advice.backbone}",
         f"  size: {s['train_images']} train images, {s['classes']} classes, smallest class {s['smallest_class']} "
-        f"-> {advice.size} (large from {t['large_per_class']} per class)",
+        f"-> {advice.size} (large from {t['large_per_class']} per class for {advice.similarity} data)",
         *([f"  uneven: the largest class has {s['largest_class']} train images; where the small classes matter as "
            "much as the large, add --balanced (python -m classify logreg --balanced, python -m pipelines compare "
            "... --balanced)"]

@@ -51,9 +51,7 @@ def crossings(points: dict[int, list[dict]]) -> list[str]:
     lines = []
     names = [row["strategy"] for row in next(iter(points.values()))]
     frozen = [name for name in names if name in FROZEN_STRATEGIES]
-    for name in (n for n in names if n not in FROZEN_STRATEGIES):
-        if not frozen:
-            break
+    for name in (n for n in names if n not in FROZEN_STRATEGIES and frozen):
         above = []
         for size, rows in points.items():
             accuracy = {row["strategy"]: row["test_accuracy"] for row in rows}

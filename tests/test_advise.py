@@ -46,12 +46,12 @@ def test_digits_are_dissimilar_and_get_earlier_layers(advice_cache, capsys):
 def test_size_alone_moves_a_dataset_to_the_large_quadrant(sample_dir, advice_cache, capsys, monkeypatch):
     import pipelines.advise
 
-    monkeypatch.setattr(pipelines.advise, "LARGE_PER_CLASS", 10)
+    monkeypatch.setattr(pipelines.advise, "LARGE_PER_CLASS", {"similar": 10, "dissimilar": 1000})
     code, out, _ = run(main, ["advise", str(sample_dir), "--cache-dir", str(advice_cache), *PROBE,
                               "--limit-per-class", "10", "--json"], capsys)
     advice = json.loads(out)
-    assert code == 0 and advice["quadrant"] == "large, similar" and advice["strategy"] == "partial"
-    assert advice["command"].endswith("--strategies partial --limit-per-class 10")
+    assert code == 0 and advice["quadrant"] == "large, similar" and advice["strategy"] == "lp-ft"
+    assert advice["command"].endswith("--strategies lp-ft --limit-per-class 10")
 
 
 def test_uneven_classes_are_named_with_what_to_do(sample_dir, advice_cache, capsys, tmp_path):
