@@ -280,7 +280,9 @@ def test_balanced_fine_tuning_finds_the_rare_class_and_keeps_checkpoints_by_bala
     for balanced in (False, True):
         results[balanced] = finetune(FinetuneConfig(
             backbone="efficientnet_lite0", dataset=str(data), mode="head", image_size=64, epochs=3, batch_size=16,
-            workers=0, balanced=balanced, out=str(tmp_path / f"run-{balanced}")), log=print)
+            # at the default rate the head's loss swings fivefold on 57 images, and which class the kept early
+            # checkpoint favours is noise
+            lr=0.001, workers=0, balanced=balanced, out=str(tmp_path / f"run-{balanced}")), log=print)
     log = capsys.readouterr().out
     bird = 2
     # weighted 7x the others in the loss, the rare class is predicted more often
