@@ -198,25 +198,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from pipelines.compare import compare, parse_strategies
-    from pipelines.curve import learning_curve, parse_sizes
-    from pipelines.report import markdown_table
+    from pipelines.curve import learning_curve, parse_sizes, results, summary
+    from pipelines.report import markdown_table, without_predictions
 
     out = args.out or f"reports/{name_in_paths(args.backbone)}-{slug}"
     config, strategies = config_from(args), parse_strategies(args.strategies)
     sizes = parse_sizes(args.train_sizes) if args.train_sizes else []
     if len(sizes) > 1:
         points = learning_curve(config, strategies, sizes, args.cache_dir, out, log=log, resume=args.resume)
-        if args.json:
-            print(json.dumps({size: [{k: v for k, v in r.items() if k != "test_predictions"} for r in rows]
-                              for size, rows in points.items()}))
-        else:
-            print((Path(out) / "report.md").read_text().split("\n![")[0].rstrip())
-            print(f"\nreport: {out}/report.md")
+        print(json.dumps(results(points)) if args.json else "\n".join(summary(points)) + f"\n\nreport: {out}/report.md")
         return 0
     config.train_per_class = sizes[0] if sizes else None
     rows = compare(config, strategies, args.cache_dir, out, log=log, resume=args.resume)
     if args.json:
-        print(json.dumps([{k: v for k, v in r.items() if k != "test_predictions"} for r in rows]))
+        print(json.dumps([without_predictions(row) for row in rows]))
     else:
         print(markdown_table(rows))
         print(f"\nreport: {out}/report.md")
@@ -226,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_advise(args: argparse.Namespace, slug: str, log) -> int:
     from pipelines.advise import advise, format_advice
     from pipelines.compare import compare
+    from pipelines.report import without_predictions
 
     settings = ExtractionSettings(workers=args.workers)
     advice = advise(args.dataset, args.backbone, args.probe_per_class, args.image_size, args.cache_dir,
@@ -238,7 +234,7 @@ def run_advise(args: argparse.Namespace, slug: str, log) -> int:
         config = FinetuneConfig(backbone=args.backbone, dataset=args.dataset, image_size=args.image_size,
                                 limit_per_class=args.limit_per_class, data_root=args.data_root, workers=args.workers)
         (row,) = compare(config, [advice.strategy], args.cache_dir, out, log=log)
-        output["result"] = {k: v for k, v in row.items() if k != "test_predictions"}
+        output["result"] = without_predictions(row)
         if not args.json:
             print(f"\n{advice.strategy}: test accuracy {row['test_accuracy']:.4f} ({row['detail']}); "
                   f"report: {out}/report.md")

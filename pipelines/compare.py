@@ -20,7 +20,13 @@ from extract.store import open_cache
 from pipelines.finetune import FinetuneConfig, finetune
 from pipelines.finetune.checkpoint import comparable, same_settings
 from pipelines.finetune.probe import extract_features
-from pipelines.report import markdown_table, plot_samples, plot_test_accuracy, plot_validation_curves
+from pipelines.report import (
+    markdown_table,
+    plot_samples,
+    plot_test_accuracy,
+    plot_validation_curves,
+    without_predictions,
+)
 
 STRATEGIES = ("frozen", "frozen-layers", "head", "partial", "full", "lp-ft", "scratch")
 DEFAULT_STRATEGIES = ("frozen", "head", "partial", "full", "lp-ft", "scratch")
@@ -146,5 +152,5 @@ def write_report(rows: list[dict], histories: dict, dataset: Dataset, config: Fi
     report = out / "report.md"
     report.write_text("\n".join(body))
     (out / "results.json").write_text(json.dumps(
-        [{k: v for k, v in r.items() if k != "test_predictions"} for r in rows], indent=2))
+        [without_predictions(row) for row in rows], indent=2))
     return report

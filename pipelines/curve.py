@@ -15,7 +15,7 @@ from extract.datasets import resolve_dataset
 from extract.errors import UsageError, make_folder
 from pipelines.compare import FROZEN_STRATEGIES, compare
 from pipelines.finetune import FinetuneConfig
-from pipelines.report import plot_learning_curve
+from pipelines.report import plot_learning_curve, without_predictions
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -63,22 +63,30 @@ def crossings(points: dict[int, list[dict]]) -> list[str]:
     return lines
 
 
-def write_curve_report(points: dict[int, list[dict]], config: FinetuneConfig, dataset_name: str, out: Path) -> Path:
+def summary(points: dict[int, list[dict]]) -> list[str]:
+    """The curve as a table, a row per size linking to its report, then where fine-tuning beats frozen features."""
     names = [row["strategy"] for row in next(iter(points.values()))]
-    figure = plot_learning_curve(points, out / "learning_curve.png")
     header = ["| train images per class | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     table = [f"| [{size}](train-{size}/report.md) | " + " | ".join(
         f"{row['test_accuracy']:.4f} ({row['test_accuracy_interval'][0]:.3f}-{row['test_accuracy_interval'][1]:.3f})"
         for row in rows) + " |" for size, rows in points.items()]
+    return [*header, *table, "", *crossings(points)]
+
+
+def results(points: dict[int, list[dict]]) -> dict[str, list[dict]]:
+    """What results.json and --json hold: each size's rows."""
+    return {str(size): [without_predictions(row) for row in rows] for size, rows in points.items()}
+
+
+def write_curve_report(points: dict[int, list[dict]], config: FinetuneConfig, dataset_name: str, out: Path) -> Path:
+    figure = plot_learning_curve(points, out / "learning_curve.png")
     body = [f"# Learning curve: {config.backbone} on {dataset_name}", "",
             f"Test accuracy (95% interval) by the number of train images per class (the first N of each class), "
             f"every point scored on the same whole test split; input {config.image_size or 'default'} px, up to "
             f"{config.epochs} epochs, {config.optimizer} lr {config.base_lr}"
             + (", --flip" if config.flip else "") + ". Each size links to its comparison report.", "",
-            *header, *table, "", *crossings(points), "", f"![Learning curve]({figure.name})", ""]
+            *summary(points), "", f"![Learning curve]({figure.name})", ""]
     report = out / "report.md"
     report.write_text("\n".join(body))
-    (out / "results.json").write_text(json.dumps(
-        {str(size): [{k: v for k, v in row.items() if k != "test_predictions"} for row in rows]
-         for size, rows in points.items()}, indent=2))
+    (out / "results.json").write_text(json.dumps(results(points), indent=2))
     return report

@@ -116,6 +116,11 @@ def plot_samples(images: list, predicted: list[str], true: list[str], path: Path
     return path
 
 
+def without_predictions(row: dict) -> dict:
+    """A strategy's row as results.json and --json give it: everything but its 10,000s of test predictions."""
+    return {key: value for key, value in row.items() if key != "test_predictions"}
+
+
 def markdown_table(rows: list[dict]) -> str:
     """One row per strategy; the log loss where it gives probabilities (a frozen SVM head does not)."""
     lines = ["| strategy | test accuracy | 95% interval | balanced accuracy | macro-F1 | log loss | wall time (s) | "
