@@ -70,12 +70,13 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
 
 
 def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: str,
-            log: Callable[[str], None] = print, resume: bool = False) -> list[dict]:
+            log: Callable[[str], None] = print, resume: bool = False, dataset: Dataset | None = None) -> list[dict]:
     """Each strategy on the same split, then the report. Each finished strategy leaves `OUT/STRATEGY/row.json`; with
     `resume`, those are read back and an interrupted fine-tuning continues from its last checkpoint, so a comparison
-    too long for one sitting is finished by running the same command again with --resume."""
-    dataset = resolve_dataset(config.dataset, config.data_root, config.limit_per_class,
-                              train_per_class=config.train_per_class)
+    too long for one sitting is finished by running the same command again with --resume. `dataset`: the config's,
+    already resolved."""
+    dataset = dataset or resolve_dataset(config.dataset, config.data_root, config.limit_per_class,
+                                         train_per_class=config.train_per_class)
     out_dir = make_folder(out, "--out")
     rows, histories = [], {}
     for strategy in strategies:

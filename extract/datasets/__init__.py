@@ -21,7 +21,7 @@ from extract.errors import UsageError
 
 __all__ = ["BUILTIN_DATASETS", "CSV_SUFFIXES", "IMAGE_EXTENSIONS", "TORCHVISION_DATASETS", "BadImageError", "Dataset",
            "Split", "copies_across_splits", "copies_warning", "hold_out", "images_under", "load_image",
-           "resolve_dataset", "sample_file", "to_rgb"]
+           "keep_train_per_class", "resolve_dataset", "sample_file", "to_rgb"]
 
 
 def resolve_dataset(spec: str, data_root: str | Path = "data", limit_per_class: int | None = None,
