@@ -75,8 +75,9 @@ def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: 
     `resume`, those are read back and an interrupted fine-tuning continues from its last checkpoint, so a comparison
     too long for one sitting is finished by running the same command again with --resume. `dataset`: the config's,
     already resolved."""
-    dataset = dataset or resolve_dataset(config.dataset, config.data_root, config.limit_per_class,
-                                         train_per_class=config.train_per_class)
+    if dataset is None:
+        dataset = resolve_dataset(config.dataset, config.data_root, config.limit_per_class,
+                                  train_per_class=config.train_per_class)
     out_dir = make_folder(out, "--out")
     rows, histories = [], {}
     for strategy in strategies:
