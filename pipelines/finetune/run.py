@@ -141,7 +141,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     # every feature at the first step, and the probe with them
     trainer = Trainer(model, preprocess, device, config.precision, ranks, balanced_class_weights(
         train_labels[loaders.train_rows], n_classes) if config.balanced else None, config.flip,
-        keep_norm_statistics=config.mode == "lp-ft")
+        keep_norm_statistics=config.mode == "lp-ft", clip_grad_norm=config.clip_grad_norm)
     last_path, best_path = out / "last.pt", out / "best.pt"
     progress = _Progress()
     if resume and last_path.exists():
@@ -184,19 +184,21 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
                              "random_states": random_states(loaders.train.generator)}, last_path)
             write_history(progress.history, out)
 
-    def validation_row(epoch: int, train_loss: float, train_acc: float, started: float) -> dict:
+    def validation_row(epoch: int, train_loss: float, train_acc: float, started: float,
+                       grad_norm: float | None) -> dict:
         val_true, val_pred = train_labels[loaders.val_rows], trainer.predict(loaders.val)
         return {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                 "val_accuracy": float(np.mean(val_pred == val_true)),
                 "val_balanced_accuracy": balanced_accuracy(val_true, val_pred),
-                "seconds": time.perf_counter() - started, "lr_head": optimizer.param_groups[0]["lr"]}
+                "seconds": time.perf_counter() - started, "lr_head": optimizer.param_groups[0]["lr"],
+                "grad_norm": grad_norm}
 
     if config.mode == "lp-ft" and not progress.history:
         started = time.perf_counter()
         probe = fit_probe_head(config, dataset, loaders.train_rows, log)
         load_into(model.get_submodule(head), probe)
         log("epoch 0 is the network before any update, the probe its output layer")
-        record(validation_row(0, probe.train_loss, probe.train_accuracy, started))
+        record(validation_row(0, probe.train_loss, probe.train_accuracy, started, None))
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         if stale >= config.patience:
             log(f"early stop: validation {'balanced ' * config.balanced}accuracy has not improved for "
@@ -205,10 +207,11 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
         epoch_start = time.perf_counter()
         with tqdm(total=len(loaders.train_rows), unit="img", desc=f"{config.mode} epoch {epoch}/{config.epochs}",
                   file=sys.stderr, leave=False, dynamic_ncols=True, disable=not ranks.is_main) as bar:
-            train_loss, train_acc, seen = trainer.train_epoch(loaders.train, optimizer, schedule, bar, epoch)
+            train_loss, train_acc, seen, grad_norm = trainer.train_epoch(loaders.train, optimizer, schedule, bar,
+                                                                         epoch)
         progress.train_seconds += time.perf_counter() - epoch_start
         progress.train_images += seen
-        record(validation_row(epoch, train_loss, train_acc, epoch_start))
+        record(validation_row(epoch, train_loss, train_acc, epoch_start, grad_norm))
 
     ranks.barrier()  # best.pt is written
     model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
@@ -260,7 +263,8 @@ def _test(trainer: Trainer, loaders: _Loaders, dataset: Dataset, config: Finetun
 def write_history(history: list[dict], out: Path) -> None:
     """The per-epoch log as CSV and JSON, and its plot."""
     with open(out / "history.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        # every row's keys: a run resumed from an earlier version has rows with fewer
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(key for row in history for key in row)))
         writer.writeheader()
         writer.writerows(history)
     (out / "history.json").write_text(json.dumps(history, indent=2))

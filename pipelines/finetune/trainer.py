@@ -3,6 +3,7 @@ torchrun), and the logits of validation and test images, mirrored too with --fli
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -27,9 +28,11 @@ def scored_logits(model: nn.Module, inputs: torch.Tensor, flip: bool) -> torch.T
 
 class Trainer:
     def __init__(self, model: nn.Module, preprocess: Preprocess, device: torch.device, precision: str, ranks: World,
-                 class_weights: torch.Tensor | None = None, flip: bool = False, keep_norm_statistics: bool = False):
+                 class_weights: torch.Tensor | None = None, flip: bool = False, keep_norm_statistics: bool = False,
+                 clip_grad_norm: float | None = None):
         self.model, self.preprocess, self.device, self.ranks, self.flip = model, preprocess, device, ranks, flip
         self.keep_norm_statistics = keep_norm_statistics  # batch norms use their running statistics in training
+        self.clip_grad_norm = math.inf if clip_grad_norm is None else clip_grad_norm
         # gradients are averaged across ranks by DDP; evaluation runs the plain model on each rank's share
         self.train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.distributed else model
@@ -40,12 +43,14 @@ class Trainer:
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.preprocess, self.device)
 
-    def train_epoch(self, loader, optimizer, schedule, bar, epoch: int) -> tuple[float, float, int]:
-        """Mean loss and accuracy over the epoch's images, and their number (all ranks together)."""
+    def train_epoch(self, loader, optimizer, schedule, bar, epoch: int) -> tuple[float, float, int, float | None]:
+        """Mean loss and accuracy over the epoch's images and their number (all ranks together), and the mean norm of
+        the steps' gradients before any clipping (what shows a run about to diverge)."""
         set_train_mode(self.model, self.keep_norm_statistics)
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)  # a new permutation each epoch, the same on every rank
-        total_loss, correct, seen = 0.0, 0, 0
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        total_loss, correct, seen, norms = 0.0, 0, 0, []
         for images, labels in batches(loader):
             labels = labels.to(self.device)
             with autocast(self.precision, self.device):
@@ -53,6 +58,8 @@ class Trainer:
                 loss = self.loss(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)  # the true gradients to measure and clip (nothing to undo without fp16)
+            norms.append(float(nn.utils.clip_grad_norm_(trainable, self.clip_grad_norm)))
             self.scaler.step(optimizer)
             self.scaler.update()
             schedule.step()
@@ -63,7 +70,8 @@ class Trainer:
             bar.set_postfix(loss=f"{total_loss / seen:.3f}")
         total_loss, correct, seen = (sum(v) for v in zip(*self.ranks.gather((total_loss, correct, seen)),
                                                           strict=True))
-        return total_loss / seen, correct / seen, seen
+        finite = [norm for norm in norms if math.isfinite(norm)]  # fp16 steps that overflowed were skipped
+        return total_loss / seen, correct / seen, seen, float(np.mean(finite)) if finite else None
 
     def predict(self, loader) -> np.ndarray:
         """Predicted classes of the loader's images (what validation needs each epoch: one number per image)."""
