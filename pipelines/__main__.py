@@ -72,8 +72,6 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="learning-rate decay after the warm-up (default cosine)")
     parser.add_argument("--warmup-epochs", type=float, default=1.0,
                         help="linear learning-rate warm-up, in epochs (default 1; fractions allowed; 0: none)")
-    parser.add_argument("--clip-grad-norm", type=float, default=None, metavar="NORM",
-                        help="scale each step's gradients down to this total norm at most (default: no clipping)")
     parser.add_argument("--patience", type=int, default=3,
                         help="stop after this many epochs without a better validation accuracy (balanced accuracy "
                              "with --balanced; default 3)")

@@ -37,7 +37,6 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup_epochs: float = 1.0
-    clip_grad_norm: float | None = None  # gradients scaled down to this total norm at most before each step
     patience: int = 3
     val_fraction: float = 0.1
     seed: int = 0
@@ -61,8 +60,6 @@ class FinetuneConfig:
             (self.head_lr_mult > 0, f"--head-lr-mult must be positive, not {self.head_lr_mult}"),
             (self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, not {self.warmup_epochs}"),
-            (self.clip_grad_norm is None or self.clip_grad_norm > 0,
-             f"--clip-grad-norm must be positive, not {self.clip_grad_norm}"),
             (self.patience >= 1, f"--patience must be 1 or more (epochs without a better validation score before "
                                  f"stopping), not {self.patience}"),
             (self.precision in ("fp32", "bf16", "fp16"), "--precision must be fp32, bf16 or fp16"),

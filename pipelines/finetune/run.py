@@ -141,7 +141,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     # every feature at the first step, and the probe with them
     trainer = Trainer(model, preprocess, device, config.precision, ranks, balanced_class_weights(
         train_labels[loaders.train_rows], n_classes) if config.balanced else None, config.flip,
-        keep_norm_statistics=config.mode == "lp-ft", clip_grad_norm=config.clip_grad_norm)
+        keep_norm_statistics=config.mode == "lp-ft")
     last_path, best_path = out / "last.pt", out / "best.pt"
     progress = _Progress()
     if resume and last_path.exists():

@@ -28,11 +28,9 @@ def scored_logits(model: nn.Module, inputs: torch.Tensor, flip: bool) -> torch.T
 
 class Trainer:
     def __init__(self, model: nn.Module, preprocess: Preprocess, device: torch.device, precision: str, ranks: World,
-                 class_weights: torch.Tensor | None = None, flip: bool = False, keep_norm_statistics: bool = False,
-                 clip_grad_norm: float | None = None):
+                 class_weights: torch.Tensor | None = None, flip: bool = False, keep_norm_statistics: bool = False):
         self.model, self.preprocess, self.device, self.ranks, self.flip = model, preprocess, device, ranks, flip
         self.keep_norm_statistics = keep_norm_statistics  # batch norms use their running statistics in training
-        self.clip_grad_norm = math.inf if clip_grad_norm is None else clip_grad_norm
         # gradients are averaged across ranks by DDP; evaluation runs the plain model on each rank's share
         self.train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.distributed else model
@@ -45,7 +43,7 @@ class Trainer:
 
     def train_epoch(self, loader, optimizer, schedule, bar, epoch: int) -> tuple[float, float, int, float | None]:
         """Mean loss and accuracy over the epoch's images and their number (all ranks together), and the mean norm of
-        the steps' gradients before any clipping (what shows a run about to diverge)."""
+        the steps' gradients."""
         set_train_mode(self.model, self.keep_norm_statistics)
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)  # a new permutation each epoch, the same on every rank
@@ -58,8 +56,8 @@ class Trainer:
                 loss = self.loss(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            self.scaler.unscale_(optimizer)  # the true gradients to measure and clip (nothing to undo without fp16)
-            norms.append(float(nn.utils.clip_grad_norm_(trainable, self.clip_grad_norm)))
+            self.scaler.unscale_(optimizer)  # the true gradients to measure (nothing to undo without fp16)
+            norms.append(float(nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])))
             self.scaler.step(optimizer)
             self.scaler.update()
             schedule.step()
