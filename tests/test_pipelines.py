@@ -533,3 +533,15 @@ def test_settings_saved_before_a_field_was_added_still_match():
     assert same_settings(saved, config)
     assert not same_settings(saved, FinetuneConfig(dataset="photos", train_per_class=3, **TINY))
     assert not same_settings({**saved, "seed": 1}, config)
+
+
+def test_a_history_resumed_from_an_earlier_version_writes_every_column(tmp_path, monkeypatch):
+    """Rows of a run begun before a column was added lack it; the CSV keeps every column and leaves theirs empty."""
+    import pipelines.report
+    from pipelines.finetune.run import write_history
+
+    monkeypatch.setattr(pipelines.report, "plot_history", lambda history, path: path)
+    old = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "val_accuracy": 0.4}
+    write_history([old, {**old, "epoch": 2, "grad_norm": 3.5}], tmp_path)
+    assert (tmp_path / "history.csv").read_text().splitlines() == [
+        "epoch,train_loss,train_accuracy,val_accuracy,grad_norm", "1,1.0,0.5,0.4,", "2,1.0,0.5,0.4,3.5"]
