@@ -65,7 +65,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="default 32")
     parser.add_argument("--lr", type=float, default=None, help="backbone learning rate (sgd 0.003, adamw 1e-4)")
     parser.add_argument("--head-lr-mult", type=float, default=10.0,
-                        help="the new classifier's learning rate as a multiple of --lr (default 10)")
+                        help="the new classifier's learning rate as a multiple of --lr (default 10; --mode head and "
+                             "lp-ft train it at --lr)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd (momentum 0.9) or adamw")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
     parser.add_argument("--schedule", choices=SCHEDULES, default="cosine",

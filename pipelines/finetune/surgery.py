@@ -71,11 +71,11 @@ def set_train_mode(model: nn.Module, keep_norm_statistics: bool = False) -> None
 
 def parameter_groups(model: nn.Module, head: str, config: FinetuneConfig) -> list[dict]:
     """The new head at lr x head_lr_mult; the pretrained part at lr (scratch: everything at the head's rate; lp-ft:
-    everything at lr, as its head starts trained)."""
+    everything at lr, as its head starts trained; head: at lr, as nothing else trains to be faster than)."""
     head_params = list(model.get_submodule(head).parameters())
     head_ids = {id(p) for p in head_params}
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    head_lr = config.base_lr * (1.0 if config.mode == "lp-ft" else config.head_lr_mult)
+    head_lr = config.base_lr * (1.0 if config.mode in ("lp-ft", "head") else config.head_lr_mult)
     body_lr = head_lr if config.mode == "scratch" else config.base_lr
     groups = [{"params": head_params, "lr": head_lr, "name": "head"}]
     if body:
