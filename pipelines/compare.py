@@ -136,7 +136,8 @@ def write_report(rows: list[dict], histories: dict, dataset: Dataset, config: Fi
              f"{f', {config.limit_per_class} per class' if config.limit_per_class else ''}"
              f"{f' (the first {config.train_per_class} train images of each class)' * bool(config.train_per_class)}, "
              f"input {config.image_size or 'default'} px, up to {config.epochs} epochs (patience {config.patience}), "
-             f"{config.optimizer} lr {config.base_lr} (head x{config.head_lr_mult}), {config.schedule} schedule"
+             f"{config.optimizer} lr {config.base_lr} (new layer x{config.head_lr_mult} in partial, full, scratch), "
+             f"{config.schedule} schedule"
              + ("; --balanced: classes weighted by the inverse of their train count in every loss, heads and "
                 "checkpoints chosen by balanced accuracy" if config.balanced else "")
              + ("; --flip: every image scored with its mirror image (frozen features averaged, fine-tuned logits "

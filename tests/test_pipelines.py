@@ -62,7 +62,7 @@ def test_head_learning_rate_is_the_multiple_asked_for(sample_dir):
     model, _, head = prepare_model(config, 10)
     groups = {g["name"]: g["lr"] for g in parameter_groups(model, head, config)}
     assert groups == {"head": pytest.approx(0.021), "backbone": pytest.approx(0.003)}
-    for mode in ("head", "lp-ft"):  # no pretrained part trains beside a new layer: one rate, --lr
+    for mode in ("head", "lp-ft"):  # head: nothing else trains; lp-ft: its layer starts trained. Both at --lr
         config = FinetuneConfig(dataset=str(sample_dir), mode=mode, lr=0.003, head_lr_mult=7, **TINY)
         model, _, head = prepare_model(config, 10)
         assert {g["name"]: g["lr"] for g in parameter_groups(model, head, config)}["head"] == pytest.approx(0.003)
