@@ -14,11 +14,12 @@ from classify.heads import fitted_parameter_count
 from classify.mistakes import read_test_predictions
 from classify.models import load_model
 from classify.train import train_head
-from extract.datasets import Dataset, resolve_dataset
+from extract.datasets import Dataset
 from extract.errors import UsageError, make_folder
 from extract.store import open_cache
 from pipelines.finetune import FinetuneConfig, finetune
 from pipelines.finetune.checkpoint import comparable, same_settings
+from pipelines.finetune.data import run_dataset
 from pipelines.finetune.probe import extract_features
 from pipelines.report import (
     markdown_table,
@@ -74,10 +75,8 @@ def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: 
     """Each strategy on the same split, then the report. Each finished strategy leaves `OUT/STRATEGY/row.json`; with
     `resume`, those are read back and an interrupted fine-tuning continues from its last checkpoint, so a comparison
     too long for one sitting is finished by running the same command again with --resume. `dataset`: the config's,
-    already resolved."""
-    if dataset is None:
-        dataset = resolve_dataset(config.dataset, config.data_root, config.limit_per_class,
-                                  train_per_class=config.train_per_class)
+    already resolved (`run_dataset`)."""
+    dataset = run_dataset(config, dataset)
     out_dir = make_folder(out, "--out")
     rows, histories = [], {}
     for strategy in strategies:

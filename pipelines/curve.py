@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.datasets import keep_train_per_class, resolve_dataset
+from extract.datasets import resolve_dataset
 from extract.errors import UsageError, make_folder
 from pipelines.compare import FROZEN_STRATEGIES, compare
 from pipelines.finetune import FinetuneConfig
@@ -40,10 +40,8 @@ def learning_curve(config: FinetuneConfig, strategies: list[str], sizes: list[in
     points: dict[int, list[dict]] = {}
     for size in sorted({min(size, largest) for size in sizes}):
         log(f"=== {size} train images per class ===")
-        cut = size < largest
-        points[size] = compare(replace(config, train_per_class=size if cut else None), strategies, cache_dir,
-                               str(out_dir / f"train-{size}"), log=log, resume=resume,
-                               dataset=keep_train_per_class(full, size) if cut else full)
+        points[size] = compare(replace(config, train_per_class=size if size < largest else None), strategies,
+                               cache_dir, str(out_dir / f"train-{size}"), log=log, resume=resume, dataset=full)
     write_curve_report(points, config, full.name, out_dir)
     return points
 

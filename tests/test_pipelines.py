@@ -492,6 +492,12 @@ def test_train_per_class_cuts_the_train_split_only(sample_dir):
     assert cut.splits["test"].ids == whole.splits["test"].ids and cut.fingerprint != whole.fingerprint
     # a cut that removes nothing is the dataset itself, and names the same cache entries
     assert resolve_dataset(str(sample_dir), train_per_class=10_000).fingerprint == whole.fingerprint
+    # a run handed the whole dataset cuts it as its config says; one handed the cut already keeps it
+    from pipelines.finetune.data import run_dataset
+
+    config = FinetuneConfig(dataset=str(sample_dir), train_per_class=3)
+    assert run_dataset(config, whole).fingerprint == cut.fingerprint == run_dataset(config).fingerprint
+    assert run_dataset(config, cut) is cut and run_dataset(FinetuneConfig(dataset=str(sample_dir)), whole) is whole
 
 
 def test_compare_draws_the_learning_curve_on_one_test_split(sample_dir, tmp_path, capsys):

@@ -12,12 +12,22 @@ import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data import Dataset as TorchDataset
 
-from extract.datasets import BadImageError, Split
+from extract.datasets import BadImageError, Dataset, Split, keep_train_per_class, resolve_dataset
 from extract.distributed import World
 from extract.errors import UsageError
 from extract.preprocess import Preprocess
 from extract.runtime import default_workers
 from pipelines.finetune.config import FinetuneConfig
+
+
+def run_dataset(config: FinetuneConfig, dataset: Dataset | None = None) -> Dataset:
+    """The run's dataset: the config's, or `dataset` where the caller resolved it already, cut to
+    `config.train_per_class` either way (a dataset cut already stays as it is): the learning curve resolves the
+    whole dataset once and hands it to every size."""
+    if dataset is None:
+        return resolve_dataset(config.dataset, config.data_root, config.limit_per_class,
+                               train_per_class=config.train_per_class)
+    return keep_train_per_class(dataset, config.train_per_class) if config.train_per_class else dataset
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from classify.calibration import fit_temperature, softmax, softmax_log_loss
 from classify.evaluate import balanced_accuracy, evaluate, format_by_confidence
 from classify.mistakes import save_test_predictions
-from extract.datasets import Dataset, copies_warning, resolve_dataset
+from extract.datasets import Dataset, copies_warning
 from extract.distributed import World, world
 from extract.errors import UsageError, make_folder
 from extract.preprocess import Preprocess, resize_and_crop
@@ -44,6 +44,7 @@ from pipelines.finetune.data import (
     LabelledImages,
     balanced_class_weights,
     make_loader,
+    run_dataset,
     train_transform,
     validation_split,
 )
@@ -119,8 +120,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     if not ranks.is_main:
         log = lambda message: None  # noqa: E731
     torch.manual_seed(config.seed)
-    dataset = dataset or resolve_dataset(config.dataset, config.data_root, config.limit_per_class,
-                                         train_per_class=config.train_per_class)
+    dataset = run_dataset(config, dataset)
     if ranks.is_main:  # the others' log is silent: no need to read the files for it
         for line in (dataset.note, copies_warning(dataset.test_copies)):
             if line:
