@@ -7,7 +7,8 @@ The public API (anything else may change):
     model, metadata = load_model(result.model_file)           # the fitted Pipeline and its record
     for path, label, probability in predict_images(result.model_file, ["photo.jpg"]): ...
 
-- `train_head(cache_path, head, grid_text=None, cv=3, ...)` -> `TrainResult` (test metrics, `.model_file`).
+- `train_head(cache_path, head, grid_text=None, cv=3, ...)` -> `TrainResult` (test metrics, `.model_file`); a list of
+  cache entries of the same images is an ensemble (their features side by side).
 - `load_model(path)` -> (scikit-learn Pipeline, metadata); `predict_images(model_path, paths)` -> `Prediction`s.
 - `find_suspects(cache_path)` -> `Suspects`; `find_duplicates(cache_path)` -> `Duplicates`.
 - `HEADS`, `DEFAULT_GRIDS`: the heads and their default sweeps.

@@ -16,14 +16,15 @@ from classify.evaluate import format_by_confidence, format_confusion
 from classify.feature_map import DEFAULT_SAMPLES
 from classify.heads import CALIBRATED_HEADS, DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS, WEIGHTED_HEADS, format_grid
 from extract.errors import exit_cli
-from extract.options import add_device_argument
+from extract.options import add_device_argument, add_predict_batch_argument
 from extract.store import DEFAULT_CACHE_DIR, latest_cache
 
 EPILOG = """examples:
   python -m classify svm                          RBF SVM on the most recent cache entry
+  python -m classify svm cache/A.h5 cache/B.h5    an ensemble: both entries' features side by side, matched by image
   python -m classify logreg cache/FILE.h5 --grid "C=0.01,0.1,1" --cv 5
   python -m classify linearsvm --json             one JSON object on stdout, for scripts
-  python -m classify logreg --layer best          choose the layer by CV (cache from extract --layers all)
+  python -m classify logreg --layers best         choose the layer by CV (cache from extract --layers all)
   python -m classify svm --probability            the model also gives calibrated probabilities
   python -m classify logreg --balanced            uneven classes weighted alike, chosen by balanced accuracy
   python -m classify predict cache/FILE.svm.joblib photo1.jpg photo2.png
@@ -45,12 +46,34 @@ folders and tables, a picture of the wrong ones (FILE.HEAD.mistakes.png) are wri
 """
 
 
-def add_cache_arguments(command: argparse.ArgumentParser) -> None:
-    """The cache a command reads: a file, a folder's newest, or --cache-dir's newest."""
-    command.add_argument("cache_file", nargs="?", help="HDF5 cache entry, or a folder of them for the newest there "
-                                                       "(default: the newest in --cache-dir)")
+def add_cache_arguments(command: argparse.ArgumentParser, ensemble: bool = False) -> None:
+    """The cache a command reads: a file, a folder's newest, or --cache-dir's newest; with `ensemble`, several
+    files of the same images, read side by side."""
+    if ensemble:
+        command.add_argument("cache_file", nargs="*", metavar="CACHE_FILE",
+                             help="HDF5 cache entry, or a folder of them for the newest there (default: the newest "
+                                  "in --cache-dir); several entries of the same images are an ensemble: their "
+                                  "features side by side, matched by image")
+    else:
+        command.add_argument("cache_file", nargs="?", help="HDF5 cache entry, or a folder of them for the newest "
+                                                           "there (default: the newest in --cache-dir)")
     command.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                          help="where extract wrote the feature files (default: cache/)")
+
+
+def add_layers_argument(command: argparse.ArgumentParser, help_text: str) -> None:
+    """--layers as extract spells it (commas between layers); --layer with '+', its old spelling, still read."""
+    command.add_argument("--layers", dest="layer", default=None, help=help_text)
+    command.add_argument("--layer", dest="old_layer", default=None, help=argparse.SUPPRESS)
+
+
+def chosen_layers(args: argparse.Namespace) -> str | None:
+    """The layers asked for, joined by '+' as the heads' LayerSelector reads them."""
+    if args.old_layer is not None:
+        print("note: --layer is now --layers, with commas between layers as extract takes them; --layer goes in the "
+              "next release", file=sys.stderr)
+    text = args.layer if args.layer is not None else args.old_layer
+    return None if text is None else "+".join(part.strip() for part in text.replace("+", ",").split(","))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,14 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      metavar="{" + ",".join(HEADS) + ",predict,map,suspects,duplicates}")
     for head in HEADS:
         sub = commands.add_parser(head, help=f"train a {head} head by GridSearchCV and test it")
-        add_cache_arguments(sub)
+        add_cache_arguments(sub, ensemble=True)
         sub.add_argument("--grid", default=None,
                          help=f"parameters to search, e.g. \"C=0.1,1,10\" (default {DEFAULT_GRIDS[head]}); "
                               "several separated by ';'")
-        sub.add_argument("--layer", default=None,
-                         help="which cached layer to train on (default: penultimate): a name such as stage3, several "
-                              "joined by '+' (each scaled to equal variance), or 'best' to choose by cross-validation "
-                              "on the train split among every cached layer (extract them with --layers all)")
+        add_layers_argument(sub, "which cached layers to train on (default: penultimate): a name such as stage3, "
+                                 "several separated by commas (each scaled to equal variance), or 'best' to choose by "
+                                 "cross-validation on the train split among every cached layer (extract them with "
+                                 "--layers all); of an ensemble, the same layers of every member")
         sub.add_argument("--cv", type=int, default=3, help="cross-validation folds on the train split (default 3)")
         sub.add_argument("--n-jobs", type=int, default=-1,
                          help="parallel fits (default -1: all cores, or all threads of the Dask cluster)")
@@ -77,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786; its workers need "
                               "this toolkit installed")
         sub.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        sub.add_argument("--seed", type=int, default=0, help="shuffles the cross-validation folds (default 0)")
         if head in CALIBRATED_HEADS:
             sub.add_argument("--probability", action="store_true",
                              help="give the model probabilities, for `predict` to print, learned from the best "
@@ -101,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model_file", help="a .joblib written by a training command")
     predict.add_argument("images", nargs="+", help="image files, or folders (every image under them)")
     add_device_argument(predict)
+    add_predict_batch_argument(predict)
     predict.add_argument("--min-probability", type=float, default=None, metavar="P",
                          help="print 'unsure' instead of the class where its probability is below P, for a person to "
                               "look at (the table printed when the head was trained says how many test images pass "
@@ -111,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       description="Writes FILE.map.png beside the cache: do the backbone's features "
                                                   "already group the classes, and which ones mingle?")
     add_cache_arguments(feature_map)
-    feature_map.add_argument("--layer", default=None, help="which cached layer to draw (default: penultimate)")
+    add_layers_argument(feature_map, "which cached layers to draw, separated by commas (default: penultimate)")
     feature_map.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                              help=f"train images to draw, picked at random (default {DEFAULT_SAMPLES}: about 10 s)")
     suspects = commands.add_parser(
@@ -122,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "FILE.suspects.csv (every suspect) and, for image folders and tables, FILE.suspects.png (the "
                     "first 30).")
     add_cache_arguments(suspects)
-    suspects.add_argument("--layer", default=None, help="which cached layer to use (default: penultimate)")
+    add_layers_argument(suspects, "which cached layers to use, separated by commas (default: penultimate)")
     suspects.add_argument("--cv", type=int, default=3, help="cross-validation folds on the train split (default 3)")
     suspects.add_argument("--n-jobs", type=int, default=-1, help="parallel fits (default -1: all cores)")
     duplicates = commands.add_parser(
@@ -134,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_arguments(duplicates)
     duplicates.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                             help=f"cosine similarity from which a pair counts (default {DEFAULT_THRESHOLD})")
-    duplicates.add_argument("--layer", default=None, help="which cached layer to compare (default: penultimate)")
+    add_layers_argument(duplicates, "which cached layers to compare, separated by commas (default: penultimate)")
     return parser
 
 
@@ -176,15 +201,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "predict":
         from classify.predict import predict_images, print_predictions
+        from extract.runtime import keep_freed_memory
 
-        print_predictions(predict_images(args.model_file, args.images, device=args.device, skip_bad=args.skip_bad,
-                                         min_probability=args.min_probability,
+        keep_freed_memory()  # a process-wide setting: the CLI's to make, not the library's
+
+        print_predictions(predict_images(args.model_file, args.images, device=args.device, batch_size=args.batch_size,
+                                         skip_bad=args.skip_bad, min_probability=args.min_probability, progress=True,
                                          log=lambda message: print(message, file=sys.stderr)),
                           args.min_probability)
         return 0
 
+    args.layer = chosen_layers(args)
     cache_file = args.cache_file
-    if cache_file is None or Path(cache_file).is_dir():
+    if isinstance(cache_file, list):  # the heads take several entries: an ensemble
+        cache_file = cache_file if len(cache_file) > 1 else (cache_file[0] if cache_file else None)
+    if cache_file is None or (isinstance(cache_file, str) and Path(cache_file).is_dir()):
         cache_file = latest_cache(cache_file or args.cache_dir)
         print(f"using the most recent cache: {cache_file}", file=sys.stderr)
     if args.command == "duplicates":
@@ -210,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     result = train_head(cache_file, args.command, args.grid, args.cv, args.n_jobs, exact=getattr(args, "exact", False),
                         pairwise=getattr(args, "pairwise", False), layer=args.layer, backend=args.backend,
                         scheduler=args.scheduler, probability=getattr(args, "probability", False),
-                        balanced=getattr(args, "balanced", False),
+                        balanced=getattr(args, "balanced", False), seed=args.seed, progress=True,
                         log=lambda message: print(message, file=sys.stderr))
     if args.json:
         skip = ("report", "confusion", "class_names")
@@ -231,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f"balanced accuracy {result.test_balanced_accuracy:.4f}   " if uneven or result.scoring != "accuracy"
              else "")
           + f"macro-F1 {result.macro_f1:.4f}   "
-          f"({result.n_test} test images, {result.n_train} train, {result.feature_dim} {result.layer} features)")
+          f"({result.n_test} test images, {result.n_train} train, {result.feature_dim} {result.layer} features"
+          + (f" of {len(result.members)} cache entries side by side)" if len(result.members) > 1 else ")"))
     if result.test_log_loss is not None:
         print(f"probabilities: test log loss {result.test_log_loss:.4f}, calibration error "
               f"{result.test_calibration_error:.4f} (0: the predicted class is right as often as its probability says)")

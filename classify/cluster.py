@@ -15,22 +15,46 @@ import joblib
 from extract.errors import UsageError
 
 BACKENDS = ("local", "dask")
-# joblib's own progress lines on stderr ("Done 9 tasks | elapsed: 4.2s"), at gaps that grow with the square root of
-# the tasks dispatched: a handful of lines for a sweep, so that a minutes-long search is not silent
-PROGRESS_VERBOSITY = 10
+
+
+@contextlib.contextmanager
+def fits_bar(total: int, description: str, show: bool = True) -> Iterator[None]:
+    """A tqdm bar over the fits of the search run inside (joblib's completed tasks), instead of joblib's lines.
+
+    joblib reports each completed task to `Parallel.print_progress`, which prints only with `verbose`: for the time
+    of the search it updates the bar instead, for the first Parallel that reports (the search's own, not a
+    calibration's inside a fit), and is put back after."""
+    if not show:
+        yield
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="fit", leave=False)
+    original, outer = joblib.Parallel.print_progress, []
+
+    def progress(self) -> None:
+        outer.append(self) if not outer else None
+        if self is outer[0]:
+            bar.update(self.n_completed_tasks - bar.n)
+
+    joblib.Parallel.print_progress = progress
+    try:
+        yield
+    finally:
+        joblib.Parallel.print_progress = original
+        bar.close()
 
 
 @contextlib.contextmanager
 def sweep_backend(backend: str = "local", scheduler: str | None = None,
                   log=lambda message: None) -> Iterator[None]:
-    """A context in which joblib (and so GridSearchCV with n_jobs) runs its tasks on `backend`, reporting progress."""
+    """A context in which joblib (and so GridSearchCV with n_jobs) runs its tasks on `backend`."""
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend == "local":
         if scheduler:
             raise UsageError("--scheduler goes with --backend dask")
-        with joblib.parallel_config(verbose=PROGRESS_VERBOSITY):
-            yield
+        yield
         return
     if not scheduler:
         raise UsageError("--backend dask needs --scheduler ADDRESS, the address a running `dask scheduler` prints "
@@ -48,5 +72,5 @@ def sweep_backend(backend: str = "local", scheduler: str | None = None,
         workers = client.scheduler_info()["workers"]
         threads = sum(w["nthreads"] for w in workers.values())
         log(f"sweep on the Dask cluster at {scheduler}: {len(workers)} workers, {threads} threads")
-        with joblib.parallel_config(backend="dask", verbose=PROGRESS_VERBOSITY):
+        with joblib.parallel_config(backend="dask"):
             yield

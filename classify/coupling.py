@@ -16,8 +16,10 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
+from sklearn.svm import SVC
 from sklearn.utils.class_weight import compute_sample_weight
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classify.pairwise_svm import class_pairs
 
@@ -29,15 +31,20 @@ class CoupledSVC(ClassifierMixin, BaseEstimator):
     out-of-fold one-vs-one decision values of `cv`, then pairwise coupling. `predict` is the most probable class
     (which differs from the SVM's vote where the vote is close), so that predictions and probabilities agree.
     An SVM with a `class_weight` has its sigmoids fitted with the same weights: unweighted, they would learn the
-    classes' train counts back and undo the weighting. Fitting costs the folds' fits and one on all the data."""
+    classes' train counts back and undo the weighting. Fitting costs the folds' fits and one on all the data;
+    `estimator` None is an RBF `SVC`."""
 
     def __init__(self, estimator=None, cv=3, n_jobs: int | None = None):
         self.estimator = estimator
         self.cv = cv
         self.n_jobs = n_jobs
 
-    def fit(self, X, y) -> CoupledSVC:
-        svm = clone(self.estimator).set_params(decision_function_shape="ovo")
+    def fit(self, X, y) -> CoupledSVC:  # noqa: N803 - scikit-learn's names
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_classification_targets(y)
+        if len(np.unique(y)) < 2:
+            raise ValueError(f"CoupledSVC needs 2 or more classes, got {len(np.unique(y))} class")
+        svm = clone(SVC() if self.estimator is None else self.estimator).set_params(decision_function_shape="ovo")
         held_out = cross_val_predict(svm, X, y, cv=self.cv, method="decision_function", n_jobs=self.n_jobs)
         self.estimator_ = svm.fit(X, y)
         self.classes_ = self.estimator_.classes_
@@ -53,14 +60,16 @@ class CoupledSVC(ClassifierMixin, BaseEstimator):
         self.pair_sigmoids_ = np.array(sigmoids)  # (n_pairs, 2): P(first class | pair) = expit(slope * f + bias)
         return self
 
-    def decision_function(self, X) -> np.ndarray:
+    def _pair_decisions(self, X) -> np.ndarray:
         """The SVM's one-vs-one decision values: (n_samples, n_pairs), positive for a pair's first class; for two
-        classes (n_samples,), positive for classes_[1]."""
+        classes (n_samples,), positive for classes_[1]. Not `decision_function`: scikit-learn reads that as one score
+        per class, whose largest is the prediction."""
         check_is_fitted(self, "pair_sigmoids_")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         return self.estimator_.decision_function(X)
 
     def predict_proba(self, X) -> np.ndarray:
-        decisions = _first_class_positive(self.decision_function(X))
+        decisions = _first_class_positive(self._pair_decisions(X))
         pairwise = expit(decisions * self.pair_sigmoids_[:, 0] + self.pair_sigmoids_[:, 1])
         n_classes = len(self.classes_)
         chunk = max(1, COUPLING_MEMORY // (8 * (n_classes + 1) ** 2))
@@ -68,7 +77,8 @@ class CoupledSVC(ClassifierMixin, BaseEstimator):
                                for start in range(0, len(pairwise), chunk)])
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        probabilities = self.predict_proba(X)  # first: it raises NotFittedError before fit
+        return self.classes_[probabilities.argmax(axis=1)]
 
 
 def _first_class_positive(decisions: np.ndarray) -> np.ndarray:

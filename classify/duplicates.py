@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from extract.store import open_cache
 
 DEFAULT_THRESHOLD = 0.9  # bench/near_duplicates.py: no other photo named, most single edits found
 CHUNK_ROWS = 2048  # test rows per matrix product: 2,048 x 50,000 float32 similarities are 410 MB
+
+_logger = logging.getLogger(__name__)  # the library's lines; the CLIs pass their own `log`
 
 
 @dataclass
@@ -58,7 +61,7 @@ def nearest_train(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def find_duplicates(cache_path: str | Path, threshold: float = DEFAULT_THRESHOLD, layer: str | None = None,
-                    log: Callable[[str], None] = print) -> Duplicates:
+                    log: Callable[[str], None] = _logger.info) -> Duplicates:
     """Every test image whose nearest train image is at least `threshold` similar; FILE.duplicates.csv lists them,
     FILE.duplicates.png pictures the first pairs (for image folders and tables)."""
     if not 0 < threshold <= 1:
@@ -68,7 +71,7 @@ def find_duplicates(cache_path: str | Path, threshold: float = DEFAULT_THRESHOLD
     selector = LayerSelector(cache.layout, chosen)
     train, train_labels, train_ids = cache.load("train")
     test, test_labels, test_ids = cache.load("test")
-    selector.fit(train[:2])  # an unknown --layer fails here
+    selector.fit(train[:2])  # an unknown --layers fails here
     log(f"duplicates: the nearest of {len(train_ids)} train images to each of {len(test_ids)} test images, by "
         f"cosine similarity of the {chosen} features")
     started = time.perf_counter()

@@ -134,14 +134,12 @@ NAMED_TICKS_MAX_CLASSES = 120
 
 def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
     """Row-normalised confusion matrix as a PNG, counts written in the cells when they fit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a library leaves the caller's backend and figures alone
 
     n = len(class_names)
     size = min(4 + 0.45 * n, 24)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    fig = Figure(figsize=(size, size * 0.9))
+    ax = fig.subplots()
     rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     few = n <= 30  # room for slanted names at full size, and for the counts in the cells
@@ -163,5 +161,4 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

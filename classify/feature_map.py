@@ -7,6 +7,7 @@ mingle. t-SNE keeps neighbours together but not distances between groups, so it 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from extract.store import open_cache
 DEFAULT_SAMPLES = 2000  # t-SNE of 2,000 images: 6.4 s on 2 cores
 MIN_SAMPLES = 10
 LABELLED_MAX_CLASSES = 40  # class names written on the map up to this many classes
+
+_logger = logging.getLogger(__name__)  # the library's lines; the CLIs pass their own `log`
 
 
 def embed(features: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -35,16 +38,15 @@ def embed(features: np.ndarray, seed: int = 0) -> np.ndarray:
 def plot_feature_map(coords: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
     """The points coloured by class, each class's name at the middle of its points."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a library leaves the caller's backend and figures alone
 
     n = len(class_names)
     if n <= 20:  # distinct colours
-        shade = plt.get_cmap("tab10" if n <= 10 else "tab20")(np.arange(n))
+        shade = matplotlib.colormaps["tab10" if n <= 10 else "tab20"](np.arange(n))
     else:  # neighbouring classes get neighbouring colours; the names tell them apart
-        shade = plt.get_cmap("turbo")(np.linspace(0, 1, n))
-    fig, ax = plt.subplots(figsize=(9, 9))
+        shade = matplotlib.colormaps["turbo"](np.linspace(0, 1, n))
+    fig = Figure(figsize=(9, 9))
+    ax = fig.subplots()
     ax.scatter(coords[:, 0], coords[:, 1], c=shade[labels], s=6, alpha=0.7, linewidths=0)
     if n <= LABELLED_MAX_CLASSES:
         for label in np.unique(labels):
@@ -57,12 +59,11 @@ def plot_feature_map(coords: np.ndarray, labels: np.ndarray, class_names: list[s
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def feature_map(cache_path: str | Path, layer: str | None = None, samples: int = DEFAULT_SAMPLES,
-                log: Callable[[str], None] = print) -> Path:
+                log: Callable[[str], None] = _logger.info) -> Path:
     """t-SNE map of up to `samples` train images of a cache (drawn at random, the same on every run), written
     beside the cache as FILE[.LAYER].map.png."""
     if samples < MIN_SAMPLES:

@@ -18,7 +18,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classify.coupling import CoupledSVC
 from classify.linear_svm import LBFGSLinearSVC
@@ -39,7 +39,8 @@ EXACT_SVM_MAX_TRAIN = 10_000
 
 
 class LayerSelector(TransformerMixin, BaseEstimator):
-    """The columns of one cached layer, or of several joined by '+' ('stage3+penultimate').
+    """The columns of one cached layer, or of several joined by '+' ('stage3+penultimate'); with no `layout`, every
+    column (features that are one layer).
 
     Joined layers are each scaled to a total variance of 1 (learned on the training data), so a wide layer does
     not drown a narrow one. `layer` is an ordinary parameter, so GridSearchCV can search over layers.
@@ -50,27 +51,35 @@ class LayerSelector(TransformerMixin, BaseEstimator):
         self.layer = layer
 
     def _blocks(self) -> list[tuple[int, int]]:
+        if self.layout is None:
+            return [(0, self.n_features_in_)]
         names = self.layer.split("+")
         unknown = [name for name in names if name not in self.layout]
         if unknown:
-            raise UsageError(f"--layer {self.layer!r}: this cache has no layer {', '.join(unknown)}; it holds "
+            asked = self.layer.replace("+", ",")
+            raise UsageError(f"--layers {asked!r}: this cache has no layer {', '.join(unknown)}; it holds "
                              f"{', '.join(self.layout)} (extract others with --layers)")
         return [tuple(self.layout[name]) for name in names]
 
-    def fit(self, features: np.ndarray, labels=None) -> LayerSelector:
+    def fit(self, X, y=None) -> LayerSelector:  # noqa: N803 - scikit-learn's names
+        X = validate_data(self, X, dtype=[np.float32, np.float64])
         blocks = self._blocks()
-        self.n_features_in_ = features.shape[1]
+        if max(stop for _, stop in blocks) > X.shape[1]:
+            raise ValueError(f"X has {X.shape[1]} features; the layout reads columns up to "
+                             f"{max(stop for _, stop in blocks)}")
         self.scales_ = [1.0] if len(blocks) == 1 else [
-            float(1.0 / np.sqrt(max(features[:, start:stop].var(axis=0).sum(), 1e-12))) for start, stop in blocks]
+            float(1.0 / np.sqrt(max(X[:, start:stop].var(axis=0).sum(), 1e-12))) for start, stop in blocks]
         return self
 
-    def transform(self, features: np.ndarray) -> np.ndarray:
+    def transform(self, X) -> np.ndarray:  # noqa: N803
         check_is_fitted(self, "scales_")
-        if len(self.scales_) == 1:
-            start, stop = self._blocks()[0]
-            return features[:, start:stop]
-        return np.hstack([features[:, start:stop] * scale
-                          for (start, stop), scale in zip(self._blocks(), self.scales_, strict=True)])
+        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        blocks = self._blocks()
+        if len(blocks) == 1:
+            start, stop = blocks[0]
+            return X[:, start:stop]
+        return np.hstack([X[:, start:stop] * X.dtype.type(scale)
+                          for (start, stop), scale in zip(blocks, self.scales_, strict=True)])
 
 
 def svm_is_pairwise(n_train: int, exact: bool = False, pairwise: bool = False) -> bool:

@@ -86,13 +86,11 @@ def plot_mistakes(source: str, ids: np.ndarray, y_true: np.ndarray, y_pred: np.n
 def plot_images(files: list[Path], captions: list[str], path: Path, title: str) -> Path:
     """The images in a grid, GALLERY_COLUMNS wide, each under its caption; one that cannot be read any more gets an
     empty tile that says so."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a library leaves the caller's backend and figures alone
 
     rows = -(-len(files) // GALLERY_COLUMNS)
-    fig, axes = plt.subplots(rows, GALLERY_COLUMNS, figsize=(2 * GALLERY_COLUMNS, 2.3 * rows + 0.6), squeeze=False)
+    fig = Figure(figsize=(2 * GALLERY_COLUMNS, 2.3 * rows + 0.6))
+    axes = fig.subplots(rows, GALLERY_COLUMNS, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, file, caption in zip(axes.flat, files, captions, strict=False):  # the last row may have empty tiles
@@ -107,5 +105,4 @@ def plot_images(files: list[Path], captions: list[str], path: Path, title: str) 
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 1.1 / fig.get_figheight(), wspace=0.05,
                         hspace=0.45)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

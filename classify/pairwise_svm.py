@@ -19,9 +19,30 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.svm import SVC
 from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 PREDICT_CHUNK = 2048  # test rows per kernel block at predict time: bounded memory for any test size
+
+
+def fit_memory_bytes(class_counts) -> int:
+    """What one fit holds at its peak: every class's kernel with itself (float32, kept for all its pairs) and the
+    largest pair's whole kernel (float64) with its across block."""
+    counts = sorted((int(c) for c in class_counts), reverse=True)
+    pair = sum(counts[:2])
+    return 4 * sum(c * c for c in counts) + 8 * pair * pair + 4 * counts[0] * counts[1]
+
+
+def available_memory() -> int | None:
+    """Bytes the system can give without swapping (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _squared_norms(x: np.ndarray) -> np.ndarray:
@@ -73,9 +94,10 @@ class PairwiseSVC(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y) -> PairwiseSVC:
         X, y = validate_data(self, X, y, dtype=np.float32, order="C")
+        check_classification_targets(y)
         self.classes_, labels = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(f"PairwiseSVC needs 2 or more classes, got {len(self.classes_)}")
+            raise ValueError(f"PairwiseSVC needs 2 or more classes, got {len(self.classes_)} class")
         self.gamma_ = (1.0 / (X.shape[1] * max(float(X.var(dtype=np.float64)), 1e-12)) if self.gamma == "scale"
                        else float(self.gamma))
         rows = [np.flatnonzero(labels == k) for k in range(len(self.classes_))]
@@ -169,7 +191,8 @@ class PairwiseSVC(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """libsvm's vote: each pair votes for one of its classes; ties go to the lower class index."""
-        return self.classes_[_votes(self._pair_decisions(X), len(self.classes_)).argmax(axis=1)]
+        decisions = self._pair_decisions(X)  # first: it raises NotFittedError before fit
+        return self.classes_[_votes(decisions, len(self.classes_)).argmax(axis=1)]
 
 
 def _votes(decisions: np.ndarray, n_classes: int) -> np.ndarray:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from tqdm import tqdm
 
 from classify.models import load_model
 from extract.backbones import create_backbone
@@ -16,6 +18,8 @@ from extract.datasets import IMAGE_EXTENSIONS, BadImageError, images_under, load
 from extract.errors import UsageError
 from extract.features import ExtractionSettings, Extractor
 from extract.store import FLIP_KEY
+
+_logger = logging.getLogger(__name__)  # the library's lines; the CLIs pass their own `log`
 
 
 def expand_image_paths(paths: list[str]) -> list[str]:
@@ -46,19 +50,30 @@ class Prediction(NamedTuple):
 
 
 def predict_images(model_path: str | Path, paths: list[str], device: str = "auto", batch_size: int = 32,
-                   skip_bad: bool = False, min_probability: float | None = None,
-                   log: Callable[[str], None] = print) -> Iterator[Prediction]:
-    """A Prediction for each image, in order, a batch at a time (memory stays flat however many
-    images there are); folders stand for the images under them. An unreadable image stops the run, or with
-    `skip_bad` is named through `log` and left out, as `extract --skip-bad` does. With `min_probability`, a
-    prediction whose probability is below it is marked unsure."""
+                   skip_bad: bool = False, min_probability: float | None = None, progress: bool = False,
+                   log: Callable[[str], None] = _logger.info) -> Iterator[Prediction]:
+    """A Prediction for each image, in order, a batch at a time (memory stays flat however many images there are;
+    a head trained on an ensemble runs each member's network and reads their features side by side); folders stand
+    for the images under them. An unreadable image stops the run, or with `skip_bad` is named through `log` and left
+    out, as `extract --skip-bad` does. With `min_probability`, a prediction whose probability is below it is marked
+    unsure. `progress` shows a bar over the images on stderr."""
     model, metadata = load_model(model_path)
     check_min_probability(min_probability)
     if min_probability is not None and not hasattr(model, "predict_proba"):
         raise UsageError(f"--min-probability needs probabilities, which {Path(model_path).name} does not give; "
                          "train logreg or knn, or an SVM with --probability")
-    source = metadata["provenance"]
     files = expand_image_paths(paths)
+    recorded = metadata["provenance"]  # one member's, or a list of an ensemble's
+    extractors = [member_extractor(source, device) for source in (recorded if isinstance(recorded, list)
+                                                                   else [recorded])]
+    names = metadata["class_names"]
+    for batch, images in readable_batches(files, batch_size, skip_bad, log, progress):
+        features = np.hstack([extractor.image_features(images) for extractor in extractors])
+        yield from marked(_predict_batch(model, features, batch, names), min_probability)
+
+
+def member_extractor(source: dict, device: str) -> Extractor:
+    """The network that made a cache entry's features, as its provenance records it, checked against it."""
     backbone = create_backbone(source["backbone"], source["weights"], int(source["image_size"]))
     if backbone.weights_sha256 != source["weights_sha256"]:
         raise UsageError(f"the {source['backbone']} weights ({source['weights']}) differ from those the model was "
@@ -67,30 +82,32 @@ def predict_images(model_path: str | Path, paths: list[str], device: str = "auto
     current = json.loads(json.dumps(backbone.preprocess.to_dict()))  # tuples become lists, as in the record
     if any(recorded.get(key) != value for key, value in current.items()):
         raise UsageError("this backbone's preprocessing changed since the model was trained; train it again")
-    extractor = Extractor(backbone, source["pool"], ExtractionSettings(device=device, precision=source["precision"]),
-                          layers=source["layer"], flip=FLIP_KEY in recorded)
-    names = metadata["class_names"]
-    for batch, images in readable_batches(files, batch_size, skip_bad, log):
-        yield from marked(_predict_batch(model, extractor.image_features(images), batch, names), min_probability)
+    return Extractor(backbone, source["pool"], ExtractionSettings(device=device, precision=source["precision"]),
+                     layers=source["layer"], flip=FLIP_KEY in recorded)
 
 
-def readable_batches(files: list[str], batch_size: int, skip_bad: bool,
-                     log: Callable[[str], None]) -> Iterator[tuple[list[str], list]]:
+def readable_batches(files: list[str], batch_size: int, skip_bad: bool, log: Callable[[str], None],
+                     progress: bool = False) -> Iterator[tuple[list[str], list]]:
     """The files' paths and PIL images, batch_size at a time; an unreadable one stops the run, or with `skip_bad`
-    is named through `log` and left out."""
-    for start in range(0, len(files), batch_size):
-        batch, images = [], []
-        for path in files[start:start + batch_size]:
-            try:
-                images.append(load_image(path, path))
-                batch.append(path)
-            except BadImageError as error:
-                if not skip_bad:
-                    raise UsageError(f"cannot read image {error}; fix or remove it, or pass --skip-bad to leave "
-                                     "unreadable images out") from None
-                log(f"skipped unreadable: {error}")
-        if images:
-            yield batch, images
+    is named through `log` and left out. `progress`: a bar over the files on stderr, for a folder of them."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be 1 or more, not {batch_size}")
+    with tqdm(total=len(files), unit="img", file=sys.stderr, leave=False,
+              disable=not progress or len(files) <= batch_size) as bar:
+        for start in range(0, len(files), batch_size):
+            chunk, batch, images = files[start:start + batch_size], [], []
+            for path in chunk:
+                try:
+                    images.append(load_image(path, path))
+                    batch.append(path)
+                except BadImageError as error:
+                    if not skip_bad:
+                        raise UsageError(f"cannot read image {error}; fix or remove it, or pass --skip-bad to leave "
+                                         "unreadable images out") from None
+                    log(f"skipped unreadable: {error}")
+            if images:
+                yield batch, images
+            bar.update(len(chunk))
 
 
 def marked(predictions: Iterator[Prediction], min_probability: float | None) -> Iterator[Prediction]:

@@ -9,6 +9,7 @@ not wrong labels: the ranking puts the ones the features are surest about first.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from classify.conventions import check_cv, default_layer, output_base, short_nam
 from classify.heads import LayerSelector, build_head, parse_grid
 from classify.mistakes import cached_image_files, plot_images, write_table
 from extract.store import open_cache
+
+_logger = logging.getLogger(__name__)  # the library's lines; the CLIs pass their own `log`
 
 
 @dataclass
@@ -59,14 +62,14 @@ def rank_suspects(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
 
 
 def find_suspects(cache_path: str | Path, layer: str | None = None, cv: int = 3, n_jobs: int = -1,
-                  log: Callable[[str], None] = print) -> Suspects:
+                  log: Callable[[str], None] = _logger.info) -> Suspects:
     """Rank the cache's train images by how much the features disagree with their labels; write FILE.suspects.csv
     (every suspect) and, for image folders and tables, FILE.suspects.png (the first GALLERY_SIZE)."""
     cache = open_cache(cache_path)
     features, labels, ids = cache.load("train")
     check_cv(cv, labels)
     chosen = layer or default_layer(cache.layout)
-    LayerSelector(cache.layout, chosen).fit(features[:2])  # an unknown --layer fails here, before any work
+    LayerSelector(cache.layout, chosen).fit(features[:2])  # an unknown --layers fails here, before any work
     log(f"suspects: out-of-fold logreg probabilities of {len(labels)} train images, {cv} folds, {chosen} features")
     started = time.perf_counter()
     found, best_params = out_of_fold_probabilities(features, labels, cache.layout, chosen, cv, n_jobs)

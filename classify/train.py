@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -9,24 +10,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from joblib import effective_n_jobs
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 
 from classify import heads
-from classify.cluster import sweep_backend
+from classify.cluster import fits_bar, sweep_backend
 from classify.conventions import check_cv, default_layer, imbalance_note, output_base, short_name
 from classify.evaluate import evaluate, plot_confusion
 from classify.heads import build_head, format_grid, is_number, parse_grid, svm_is_pairwise, with_probabilities
 from classify.mistakes import save_test_predictions
 from classify.models import save_model
+from classify.pairwise_svm import available_memory, fit_memory_bytes
+from extract.ensemble import EnsembleCache, open_features
 from extract.errors import UsageError
-from extract.store import open_cache
+
+_logger = logging.getLogger(__name__)  # the library's lines; the CLIs pass their own `log`
 
 
 @dataclass
 class TrainResult:
     head: str
-    cache_file: str
+    cache_file: str  # for an ensemble, the name its files go by (no file is there); `members` are its entries
     estimator: str
     best_params: dict
     layer: str
@@ -50,6 +55,7 @@ class TrainResult:
     predictions_csv: str  # every test image's true and predicted class
     mistakes_png: str | None  # wrong test images pictured, where the cache's ids are image files
     n_wrong: int
+    members: list[str]  # the cache entries whose features the head read side by side (one, unless an ensemble)
     class_names: list[str] = field(repr=False)
     report: str = field(repr=False)
     confusion: list[list[int]] = field(repr=False)
@@ -123,26 +129,31 @@ def layer_grid(layer: str | None, layout: dict) -> tuple[str, list[str]]:
         return layer or default_layer(layout), []
     candidates = [name for name in layout if name != "logits"]
     if len(candidates) < 2:
-        raise UsageError(f"--layer best needs a cache with several layers; this one holds {', '.join(layout)}. "
+        raise UsageError(f"--layers best needs a cache with several layers; this one holds {', '.join(layout)}. "
                          "Extract with --layers all")
     return candidates[-1], candidates
 
 
-def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, cv: int = 3, n_jobs: int = -1,
-               exact: bool = False, pairwise: bool = False, layer: str | None = None, backend: str = "local",
-               scheduler: str | None = None, probability: bool = False, balanced: bool = False,
-               log: Callable[[str], None] = print) -> TrainResult:
+def train_head(cache_path: str | Path | list[str | Path], head: str, grid_text: str | None = None, cv: int = 3,
+               n_jobs: int = -1, exact: bool = False, pairwise: bool = False, layer: str | None = None,
+               backend: str = "local", scheduler: str | None = None, probability: bool = False, balanced: bool = False,
+               seed: int = 0, progress: bool = False, log: Callable[[str], None] = _logger.info) -> TrainResult:
     """GridSearchCV on the train split (over `layer` too when it is 'best'), then one score on the test split.
+
+    Several cache entries of the same images (a list) are an ensemble: the head reads their features side by side,
+    matched by image id, each member's `layer` scaled to an equal total variance (`LayerSelector`).
 
     With `probability` an SVM head is fitted with the best parameters to give probabilities too
     (`heads.with_probabilities`). With `balanced` the head weights each class by the inverse of its train count and
-    the search scores balanced accuracy. With backend 'dask' the search's fits run on the cluster at `scheduler`;
-    refits run here."""
+    the search scores balanced accuracy. `seed` shuffles the cross-validation folds; `progress` shows a bar over the
+    fits. With backend 'dask' the search's fits run on the cluster at `scheduler`; refits run here."""
     if head not in heads.HEADS:
         raise UsageError(f"unknown head {head!r}; choose one of {', '.join(heads.HEADS)}")
     if n_jobs == 0:
         raise UsageError("--n-jobs must not be 0; give -1 for every core, or a number of parallel fits")
-    cache = open_cache(cache_path)
+    cache = open_features(cache_path)
+    ensemble = isinstance(cache, EnsembleCache)
+    members = cache.members if ensemble else [cache]
     copies = int(cache.info.test_copies_of_train)
     if copies:
         log(f"warning: {copies} test image(s) of this cache are byte-for-byte copies of train images (named when it "
@@ -156,16 +167,19 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
                          "probabilities of its own")
     use_pairwise = head == "svm" and svm_is_pairwise(len(y_train), exact, pairwise)
     grid = parse_grid(grid_text, head, use_pairwise)
-    start_layer, search_layers = layer_grid(layer, cache.layout)
+    start_layer, search_layers = layer_grid(layer, cache.member_layout if ensemble else cache.layout)
+    key = cache.layer_key if ensemble else str  # a layer as users name it -> its columns' name in cache.layout
     if search_layers:
-        grid = {"layer__layer": search_layers, **grid}
+        grid = {"layer__layer": [key(name) for name in search_layers], **grid}
     check_cv(cv, y_train)
-    estimator = build_head(head, cache.layout, start_layer, use_pairwise, balanced)
-    estimator.named_steps["layer"].fit(x_train[:2])  # an unknown --layer fails here, before any search
+    estimator = build_head(head, cache.layout, key(start_layer), use_pairwise, balanced)
+    estimator.named_steps["layer"].fit(x_train[:2])  # an unknown --layers fails here, before any search
     if grid_text:
         check_grid_values(estimator, grid, x_train, y_train, grid_text, head)
-    folds = StratifiedKFold(cv, shuffle=True, random_state=0)
+    folds = StratifiedKFold(cv, shuffle=True, random_state=seed)
     check_neighbours(grid, folds, y_train)
+    if use_pairwise and backend == "local":
+        n_jobs = pairwise_jobs(y_train, cv, n_jobs, log)
     if use_pairwise:
         why = "--pairwise" if pairwise else (f"{len(y_train)} train samples, above the {heads.EXACT_SVM_MAX_TRAIN} "
                                              "where scikit-learn's SVC takes a minute; --exact forces it")
@@ -181,7 +195,7 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
     search = GridSearchCV(estimator, grid, scoring=scoring, cv=folds, n_jobs=n_jobs, error_score="raise",
                           refit=not probability)
     started = time.perf_counter()
-    with sweep_backend(backend, scheduler, log):
+    with sweep_backend(backend, scheduler, log), fits_bar(combos * cv, head, progress):
         search.fit(x_train, y_train)
     if probability:
         log(f"{head}: probabilities learned from the best parameters' out-of-fold decision values ({cv} fits + 1)")
@@ -208,12 +222,13 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
                                      cache.info.dataset_source, test_ids, y_test, y_pred, probabilities,
                                      cache.class_names, f"{head} on {cache.info.backbone} features: wrong test "
                                      "images, true -> predicted")
-    cv_scores, layer_scores = _cv_tables(search, search_layers or [start_layer])
+    layer_names = {key(name): name for name in search_layers or [start_layer]}
+    cv_scores, layer_scores = _cv_tables(search, layer_names)
     selector = model.named_steps["layer"]
     result = TrainResult(
         head=head, cache_file=str(cache.path),
         estimator=" -> ".join(repr(step) for name, step in model.steps if name != "layer"),
-        best_params={short_name(k): v for k, v in search.best_params_.items()}, layer=selector.layer,
+        best_params=cv_scores[search.best_index_]["params"], layer=layer_names[selector.layer],
         scoring=scoring, cv_accuracy=float(search.best_score_), cv_scores=cv_scores, layer_scores=layer_scores,
         test_accuracy=evaluation.accuracy, test_accuracy_interval=evaluation.accuracy_interval,
         test_balanced_accuracy=evaluation.balanced_accuracy,
@@ -222,12 +237,12 @@ def train_head(cache_path: str | Path, head: str, grid_text: str | None = None, 
         n_train=len(y_train), n_test=len(y_test),
         feature_dim=int(selector.transform(x_train[:1]).shape[1]), search_seconds=seconds, model_file=str(model_path),
         confusion_png=str(png), predictions_csv=str(predictions), mistakes_png=str(mistakes) if mistakes else None,
-        n_wrong=int(np.sum(y_pred != y_test)), class_names=cache.class_names, report=evaluation.report,
+        n_wrong=int(np.sum(y_pred != y_test)), members=[str(member.path) for member in members],
+        class_names=cache.class_names, report=evaluation.report,
         confusion=evaluation.confusion.tolist())
-    recorded = cache.info.to_attrs()  # as the file holds them: what `predict` checks new images' features against
-    provenance = {k: recorded[k] for k in ("backbone", "weights", "weights_sha256", "layer", "pool", "image_size",
-                                           "precision", "dataset", "dataset_fingerprint", "transform")}
-    save_model(model, model_path, {**result.to_dict(), "provenance": provenance})
+    provenance = [member_provenance(member.info) for member in members]
+    save_model(model, model_path,
+               {**result.to_dict(), "provenance": provenance[0] if len(members) == 1 else provenance})
     return result
 
 
@@ -241,11 +256,44 @@ def class_probabilities(model, features: np.ndarray, n_classes: int) -> np.ndarr
     return probabilities
 
 
-def _cv_tables(search: GridSearchCV, layers: list[str]) -> tuple[list[dict], dict[str, float]]:
-    """Mean CV accuracy of every parameter combination, and the best of each layer (one layer unless 'best')."""
-    cv_scores = [{"params": {short_name(k): v for k, v in params.items()}, "mean_cv_accuracy": float(m)}
+def pairwise_jobs(labels: np.ndarray, cv: int, n_jobs: int, log: Callable[[str], None]) -> int:
+    """Parallel PairwiseSVC fits that fit in memory together: each holds its class-pair kernels (about 1 GB at
+    CIFAR-10's fold sizes), so all cores at once can outgrow the machine. The final fit, on every train row, must
+    fit alone."""
+    available = available_memory()
+    if available is None:
+        return n_jobs
+    counts = np.bincount(labels)
+    whole = fit_memory_bytes(counts)
+    if whole > available:
+        raise UsageError(f"the svm head's kernels need about {whole / 2**30:.1f} GiB for {len(labels)} train rows "
+                         f"and {available / 2**30:.1f} GiB are free; use --exact (slower, little memory) or the "
+                         "linearsvm or logreg head")
+    per_fit = fit_memory_bytes(counts * (cv - 1) // cv)
+    wanted = effective_n_jobs(n_jobs)
+    fits = max(1, int(0.8 * available // per_fit))
+    if wanted > fits:
+        log(f"svm: {fits} parallel fit(s) instead of {wanted}: each holds about {per_fit / 2**30:.1f} GiB of kernels "
+            f"and {available / 2**30:.1f} GiB are free (--n-jobs sets it)")
+        return fits
+    return n_jobs
+
+
+def member_provenance(info) -> dict:
+    """What `predict` checks new images' features against, as the cache file holds it."""
+    recorded = info.to_attrs()
+    return {k: recorded[k] for k in ("backbone", "weights", "weights_sha256", "layer", "pool", "image_size",
+                                     "precision", "dataset", "dataset_fingerprint", "transform")}
+
+
+def _cv_tables(search: GridSearchCV, layer_names: dict[str, str]) -> tuple[list[dict], dict[str, float]]:
+    """Mean CV accuracy of every parameter combination, and the best of each layer (one layer unless 'best');
+    layers by the names users give (`layer_names`: the selector's name -> the user's)."""
+    cv_scores = [{"params": {short_name(k): layer_names.get(v, v) if k == "layer__layer" else v
+                             for k, v in params.items()}, "mean_cv_accuracy": float(m)}
                  for params, m in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"],
                                       strict=True)]
+    layers = list(layer_names.values())
     if len(layers) == 1:
         return cv_scores, {layers[0]: float(search.best_score_)}
     return cv_scores, {name: max(e["mean_cv_accuracy"] for e in cv_scores if e["params"]["layer"] == name)

@@ -9,11 +9,13 @@ The public API (anything else may change):
 
 - `extract(backbone, dataset, **options)` -> `ExtractResult`: the cache entry (`.path`), computed once.
 - `open_cache(path)` -> `FeatureCache`: `.load(split)`, `.class_names`, `.layout`, `.info` (a `CacheInfo`).
+- `open_ensemble([path, ...])` -> `EnsembleCache`: several entries of the same images, `.load(split)` side by side.
 - `FrozenFeatures`: a scikit-learn transformer, images to features, for GridSearchCV over backbones, layers, pooling.
 - `create_backbone(name, weights, image_size)` -> `Backbone`; `list_backbones()`.
 - `Extractor(backbone, pool, ExtractionSettings(...))`: `.image_features(images)` without any cache.
 - `resolve_dataset(spec)` -> `Dataset`: the splits a folder, a table or a name resolves to.
-- Errors: `UsageError` (bad input, the message says what to do), `BadImageError` (an image that cannot be read).
+- Errors: `UsageError` (bad input, the message says what to do; a `ValueError`), `BadImageError` (an image that
+  cannot be read).
 
 The names are imported on first use (PEP 562), so that a module needing only the cache, such as `classify` training
 on it, does not import torch.
@@ -38,6 +40,8 @@ _HOME = {
     "FeatureCache": "extract.store",
     "CacheInfo": "extract.store",
     "FrozenFeatures": "extract.frozen_features",
+    "open_ensemble": "extract.ensemble",
+    "EnsembleCache": "extract.ensemble",
     "Backbone": "extract.backbones",
     "create_backbone": "extract.backbones",
     "list_backbones": "extract.backbones",
@@ -49,12 +53,14 @@ _HOME = {
     "UsageError": "extract.errors",
 }
 __all__ = ["__version__", "extract", "ExtractResult", "open_cache", "FeatureCache", "CacheInfo", "FrozenFeatures",
+           "open_ensemble", "EnsembleCache",
            "Backbone", "create_backbone", "list_backbones", "Extractor", "ExtractionSettings", "Dataset",
            "resolve_dataset", "BadImageError", "UsageError"]
 
 if TYPE_CHECKING:
     from extract.backbones import Backbone, create_backbone, list_backbones
     from extract.datasets import BadImageError, Dataset, resolve_dataset
+    from extract.ensemble import EnsembleCache, open_ensemble
     from extract.errors import UsageError
     from extract.features import ExtractionSettings, Extractor
     from extract.frozen_features import FrozenFeatures

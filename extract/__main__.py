@@ -6,12 +6,12 @@ import argparse
 import sys
 
 from extract.distributed import shutdown, world
-from extract.errors import exit_cli
+from extract.errors import UsageError, exit_cli
 from extract.features import COMPILE_MIN_IMAGES, COMPILE_MODES, ExtractionSettings
 from extract.layers import DEFAULT_LAYER, POOLS
 from extract.options import add_data_arguments, add_device_argument
 from extract.run import ExtractRequest, extract_to_cache
-from extract.runtime import PRECISIONS
+from extract.runtime import PRECISIONS, keep_freed_memory
 from extract.store import DEFAULT_CACHE_DIR
 
 EPILOG = """examples:
@@ -20,6 +20,8 @@ EPILOG = """examples:
   python -m extract resnet18 path/to/photos --weights none    random init (a scratch baseline)
   python -m extract vgg16 path/to/photos --pool max           max-pooled last conv features
   python -m extract efficientnet_lite0 cifar10 --flip         features averaged with the mirror image's
+  python -m extract efficientnet_lite0,efficientnet_lite1,efficientnet_lite2 cifar10   an ensemble's members, each
+                                                              its own cache entry (then: classify svm A B C)
   python -m extract timm/vit_small_patch14_dinov2 cifar10 --image-size 224   any timm model, Hub weights
   python -m extract resnet18 digits --layers stage3,stage4,penultimate   three layers, one pass, one file
   python -m extract --list                                    every backbone with its size and ImageNet top-1
@@ -37,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m extract", description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("backbone", nargs="?", help="backbone name (see --list), e.g. efficientnet_lite0, resnet18, or "
-                             "timm/ARCH[.TAG] for any timm model (timm.list_pretrained() names them)")
+                             "timm/ARCH[.TAG] for any timm model (timm.list_pretrained() names them); several "
+                             "separated by commas extract an ensemble's members, each to its own cache entry")
     parser.add_argument("dataset", nargs="?",
                         help="torchvision dataset name (cifar10, ...), 'digits', a folder with train/ and test/ "
                              "(or val/) holding one subfolder per class (a folder of class folders alone has 25%% of "
@@ -92,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # options may come between BACKBONE and DATASET
+    keep_freed_memory()  # a process-wide setting: the CLI's to make, not the library's
     if args.list:
         from extract.catalog import backbone_table, format_table
 
@@ -115,18 +119,31 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("error: give a BACKBONE and a DATASET (or --list)", file=sys.stderr)
         return 2
-    request = ExtractRequest(
-        backbone=args.backbone, dataset=args.dataset, weights=args.weights, pool=args.pool, layers=args.layers,
-        flip=args.flip, image_size=args.image_size, limit_per_class=args.limit_per_class, data_root=args.data_root,
-        cache_dir=args.cache_dir, force=args.force, skip_bad=args.skip_bad,
-        settings=ExtractionSettings(batch_size=args.batch_size, device=args.device, precision=args.precision,
-                                    workers=args.workers, compile=args.compile))
+    from extract.backbones import backbone_source
+
+    members = [name.strip() for name in args.backbone.split(",")]
+    if "" in members or len(set(members)) < len(members):
+        raise UsageError(f"backbones {args.backbone!r}: give each once, separated by commas, e.g. "
+                         "efficientnet_lite0,efficientnet_lite1")
+    for name in members:  # every name checked before any member is extracted
+        backbone_source(name)
+    paths = []
     try:
-        result = extract_to_cache(request, log=lambda message: print(message, file=sys.stderr))
-        if world().is_main:
-            print(result.path)
+        for name in members:
+            request = ExtractRequest(
+                backbone=name, dataset=args.dataset, weights=args.weights, pool=args.pool, layers=args.layers,
+                flip=args.flip, image_size=args.image_size, limit_per_class=args.limit_per_class,
+                data_root=args.data_root, cache_dir=args.cache_dir, force=args.force, skip_bad=args.skip_bad,
+                settings=ExtractionSettings(batch_size=args.batch_size, device=args.device, precision=args.precision,
+                                            workers=args.workers, compile=args.compile))
+            result = extract_to_cache(request, log=lambda message: print(message, file=sys.stderr))
+            paths.append(str(result.path))
+            if world().is_main:
+                print(result.path)
     finally:
         shutdown()
+    if len(paths) > 1 and world().is_main:
+        print(f"an ensemble of {len(paths)} members: python -m classify svm {' '.join(paths)}", file=sys.stderr)
     return 0
 
 

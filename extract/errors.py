@@ -6,11 +6,18 @@ from pathlib import Path
 from typing import NoReturn
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """Bad input from the user: an unknown name, a missing file, an unparsable option.
 
+    A ValueError, so that `except ValueError` and scikit-learn's `error_score` in searches treat it as bad input.
     Anything else raised by the toolkit is a bug and keeps its traceback.
     """
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """An exception's message for a one-line error: its first line, cut to `limit`, or its type where it is empty."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
 
 
 def make_folder(path: str | Path, option: str) -> Path:

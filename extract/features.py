@@ -28,7 +28,6 @@ from extract.runtime import (
     default_batch_size,
     default_workers,
     ignore_interrupts,
-    keep_freed_memory,
     resolve_device,
     resolve_precision,
 )
@@ -101,7 +100,6 @@ class Extractor:
         self.backbone = replace(backbone, model=copy.deepcopy(backbone.model))
         self.device = resolve_device(settings.device)
         self.settings = replace(settings, batch_size=settings.batch_size or default_batch_size(self.device))
-        keep_freed_memory()
         self.precision = resolve_precision(settings.precision, self.device)
         self.model = FeatureModel(self.backbone.model, pool, layers, flip).to(self.device)
         self.model.to(memory_format=torch.channels_last)

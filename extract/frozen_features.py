@@ -35,6 +35,7 @@ from extract.layers import DEFAULT_LAYER
 from extract.run import extraction_info
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
+FEATURE_PARAMS = ("backbone", "weights", "layers", "pool", "image_size", "flip", "precision")
 
 
 class FrozenFeatures(TransformerMixin, BaseEstimator):
@@ -76,10 +77,16 @@ class FrozenFeatures(TransformerMixin, BaseEstimator):
         self.layout_ = [tuple(entry) for entry in extractor.layout]
         self.n_features_out_ = extractor.feature_dim()
         self.identity_ = replace(extraction_info(extractor.backbone, extractor, self.pool), dataset="images")
+        self.fitted_params_ = self._feature_params()
         return self
 
     def transform(self, X: Sequence[ImageLike]) -> np.ndarray:  # noqa: N803
         check_is_fitted(self, "layout_")
+        changed = {name: (was, self._feature_params()[name]) for name, was in self.fitted_params_.items()
+                   if self._feature_params()[name] != was}
+        if changed:  # the store is keyed by identity_: features of other settings must never be written under it
+            raise ValueError("the features' parameters changed since fit (" + ", ".join(
+                f"{name}: {was!r} -> {now!r}" for name, (was, now) in changed.items()) + "); call fit again")
         images = _as_images(X)
         keys = [_image_key(image) for image in images]
         store = ImageFeatureStore(self.cache_dir, self.identity_, self.n_features_out_) if self.cache_dir else None
@@ -110,6 +117,10 @@ class FrozenFeatures(TransformerMixin, BaseEstimator):
         state = self.__dict__.copy()
         state.pop("_extractor", None)  # the network stays in the process that built it
         return state
+
+    def _feature_params(self) -> dict:
+        """The parameters that decide the features (not where or how fast they are computed)."""
+        return {name: getattr(self, name) for name in FEATURE_PARAMS}
 
     def _build(self) -> Extractor:
         self._extractor = _extractor_for(self.backbone, self.weights, self.layers, self.pool, self.image_size,

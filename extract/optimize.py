@@ -17,18 +17,27 @@ def compile_blocks(model: nn.Module, stop_before: str) -> list[tuple[nn.Module, 
     """Replace the forward of each block before `stop_before` (the penultimate layer's module) by its compiled
     version; return (module, original forward) pairs. Forward hooks run around `forward`, so the layer hooks stay
     eager and keep working; blocks holding the penultimate module are left alone."""
-    import torch._dynamo
-
-    originals = []
+    modules = []
     for name in block_names(model, parameterless=True):
         if stop_before == name or stop_before.startswith(f"{name}."):
             break
-        module = model.get_submodule(name)
-        originals.append((module, module.forward))
-        module.forward = torch.compile(module.forward, dynamic=False)
-    # blocks of one class share their code: allow a compiled graph for each of them
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(originals))
+        modules.append(model.get_submodule(name))
+    originals = [(module, module.forward) for module in modules]
+    for module in modules:
+        module.forward = _allowing_recompiles(torch.compile(module.forward, dynamic=False), len(modules))
     return originals
+
+
+def _allowing_recompiles(compiled: Callable, graphs: int) -> Callable:
+    """Blocks of one class share their code, so dynamo compiles a graph per block: allow `graphs` recompiles for
+    these calls only, leaving the process's setting as it was."""
+    import torch._dynamo
+
+    def forward(*args, **kwargs):
+        with torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, graphs)):
+            return compiled(*args, **kwargs)
+
+    return forward
 
 
 def conv_batch_norm_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:

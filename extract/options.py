@@ -18,3 +18,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, limit_help: str = LIMIT_
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+
+
+def add_predict_batch_argument(parser: argparse.ArgumentParser) -> None:
+    """--batch-size of the predict commands: images decoded and run through the network together."""
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images per forward pass (default 32); memory stays flat however many images there are")

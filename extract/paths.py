@@ -53,9 +53,10 @@ class CacheLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        # the lock file stays (as filelock intends): deleted after release, a process that locked it in between and
+        # one that then creates a new file would both hold "the" lock
         self.pid_path.unlink(missing_ok=True)
         self.lock.release()
-        self.path.unlink(missing_ok=True)
 
 
 def check_free_space(directory: Path, needed: int) -> None:

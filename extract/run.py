@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import shutil
 import signal
 import sys
@@ -36,6 +37,8 @@ from extract.store import (
     merge_parts,
 )
 
+_logger = logging.getLogger(__name__)  # the library's lines; the CLIs pass their own `log`
+
 
 @dataclass
 class ExtractRequest:
@@ -55,6 +58,7 @@ class ExtractRequest:
     force: bool = False
     skip_bad: bool = False
     settings: ExtractionSettings = field(default_factory=ExtractionSettings)
+    progress: bool = True  # a bar over the images on stderr (the CLIs'); `extract()` from Python asks for none
 
 
 @dataclass
@@ -113,7 +117,7 @@ def _stale_siblings(path: Path) -> list[Path]:
     return [p for p in path.parent.glob(f"{prefix}__*{SUFFIX}") if p != path]
 
 
-def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print) -> ExtractResult:
+def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = _logger.info) -> ExtractResult:
     """Return the cache entry for `request`, computing it only if no complete matching entry exists.
 
     Under torchrun each rank computes its contiguous share into its own part file, then rank 0 merges the
@@ -144,7 +148,8 @@ def extract_to_cache(request: ExtractRequest, log: Callable[[str], None] = print
     with CacheLock(path):
         donor = _row_donor(max(donors, key=lambda p: p.stat().st_mtime_ns), dataset, log) if donors else None
         try:
-            return _compute(dataset, extractor, info, path, request.skip_bad, log, donor=donor)
+            return _compute(dataset, extractor, info, path, request.skip_bad, log, progress=request.progress,
+                            donor=donor)
         finally:
             if donor:
                 donor.close()
@@ -305,10 +310,11 @@ def extract(backbone: str = DEFAULT_BACKBONE, dataset: str = "", *, weights: str
             layers: str = DEFAULT_LAYER, pool: str = "avg", flip: bool = False, image_size: int | None = None,
             limit_per_class: int | None = None, data_root: str = "data", cache_dir: str = DEFAULT_CACHE_DIR,
             force: bool = False, skip_bad: bool = False, batch_size: int | None = None, device: str = "auto",
-            precision: str = "fp32", workers: int | None = None, compile: str = "auto",
-            log: Callable[[str], None] = print) -> ExtractResult:
+            precision: str = "fp32", workers: int | None = None, compile: str = "auto", progress: bool = False,
+            log: Callable[[str], None] = _logger.info) -> ExtractResult:
     """`python -m extract BACKBONE DATASET [options]` from Python, with the same defaults: the cache entry of these
-    features (`result.path`, for `open_cache`), computed only where no complete matching entry exists.
+    features (`result.path`, for `open_cache`), computed only where no complete matching entry exists. Lines go to
+    `log` (the `logging` module's by default); `progress` shows a bar over the images on stderr, as the CLI does.
 
         result = extract("efficientnet_lite0", "examples/cifar10-mini")
         x_train, y_train, ids = open_cache(result.path).load("train")
@@ -318,7 +324,7 @@ def extract(backbone: str = DEFAULT_BACKBONE, dataset: str = "", *, weights: str
     return extract_to_cache(ExtractRequest(
         backbone=backbone, dataset=dataset, weights=weights, pool=pool, layers=layers, flip=flip,
         image_size=image_size, limit_per_class=limit_per_class, data_root=data_root, cache_dir=cache_dir,
-        force=force, skip_bad=skip_bad, settings=settings), log=log)
+        force=force, skip_bad=skip_bad, settings=settings, progress=progress), log=log)
 
 
 def verify_cache(path: str, data_root: str = "data") -> list[tuple[str, bool, str]]:

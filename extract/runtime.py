@@ -20,7 +20,8 @@ def keep_freed_memory() -> None:
     (a batch's activations are tens of MB) back to the kernel on free, and the next batch page-faults it in again:
     measured here, 22 s of system time in 30 s for 1,000 images, and half the throughput. Raising the mmap and trim
     thresholds keeps those blocks in the heap (peak memory is unchanged: it is the same high-water mark).
-    glibc only; elsewhere nothing happens."""
+    glibc only; elsewhere nothing happens. A setting of the whole process, with no way to read it back: the CLIs
+    make it (extract, pipelines, classify predict); a notebook that extracts a lot may call it too."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: 1 GiB (mallopt takes a C int)

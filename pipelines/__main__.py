@@ -11,8 +11,9 @@ from extract.backbones import DEFAULT_BACKBONE
 from extract.datasets import CSV_SUFFIXES
 from extract.errors import exit_cli
 from extract.features import ExtractionSettings
-from extract.options import add_data_arguments, add_device_argument
+from extract.options import add_data_arguments, add_device_argument, add_predict_batch_argument
 from extract.paths import name_in_paths
+from extract.runtime import keep_freed_memory
 from extract.store import DEFAULT_CACHE_DIR
 from pipelines.advise import LARGE_PER_CLASS, MIN_CONFIDENCE, MIN_TOP_LAYER_MARGIN, PROBE_PER_CLASS
 from pipelines.compare import DEFAULT_STRATEGIES, STRATEGIES
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "report's strategy folder (reports/.../partial)")
     predict.add_argument("images", nargs="+", help="image files, or folders (every image under them)")
     add_device_argument(predict)
+    add_predict_batch_argument(predict)
     predict.add_argument("--min-probability", type=float, default=None, metavar="P",
                          help="print 'unsure' instead of the class where its probability is below P, for a person "
                               "to look at")
@@ -166,13 +168,15 @@ def config_from(args: argparse.Namespace) -> FinetuneConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # a process-wide setting: the CLI's to make, not the library's
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     if args.command == "predict":
         from classify.predict import print_predictions
         from pipelines.predict import predict_finetuned
 
-        print_predictions(predict_finetuned(args.run, args.images, device=args.device, skip_bad=args.skip_bad,
-                                            min_probability=args.min_probability, log=log), args.min_probability)
+        print_predictions(predict_finetuned(args.run, args.images, device=args.device, batch_size=args.batch_size,
+                                            skip_bad=args.skip_bad, min_probability=args.min_probability,
+                                            progress=True, log=log), args.min_probability)
         return 0
     from pathlib import Path
 

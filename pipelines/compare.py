@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -35,6 +36,8 @@ FROZEN_STRATEGIES = {"frozen": "penultimate", "frozen-layers": "all"}  # which l
 FROZEN_HEADS = {"frozen": ("logreg", "svm"), "frozen-layers": ("logreg",)}  # the layer search is linear only
 SAMPLE_IMAGES = 16
 
+_logger = logging.getLogger(__name__)  # the library's lines; the CLIs pass their own `log`
+
 
 def parse_strategies(text: str | None) -> list[str]:
     chosen = [s.strip() for s in (text or ",".join(DEFAULT_STRATEGIES)).split(",") if s.strip()]
@@ -54,7 +57,7 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
     smallest = int(np.bincount(cache.load("train")[1]).min())
     layer = "best" if strategy == "frozen-layers" else None
     results = [train_head(extracted.path, head, cv=min(3, smallest), n_jobs=1, layer=layer, log=log,
-                          balanced=config.balanced) for head in FROZEN_HEADS[strategy]]
+                          balanced=config.balanced, seed=config.seed) for head in FROZEN_HEADS[strategy]]
     # chosen by cross-validation (balanced accuracy with --balanced), never by the test split
     best = max(results, key=lambda r: r.cv_accuracy)
     model, _ = load_model(best.model_file)
@@ -71,7 +74,8 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
 
 
 def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: str,
-            log: Callable[[str], None] = print, resume: bool = False, dataset: Dataset | None = None) -> list[dict]:
+            log: Callable[[str], None] = _logger.info, resume: bool = False,
+            dataset: Dataset | None = None) -> list[dict]:
     """Each strategy on the same split, then the report. Each finished strategy leaves `OUT/STRATEGY/row.json`; with
     `resume`, those are read back and an interrupted fine-tuning continues from its last checkpoint, so a comparison
     too long for one sitting is finished by running the same command again with --resume. `dataset`: the config's,

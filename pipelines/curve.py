@@ -5,6 +5,7 @@ fine-tuning starts to pay (the advisor's size threshold is checked against it: d
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,8 @@ from extract.errors import UsageError, make_folder
 from pipelines.compare import FROZEN_STRATEGIES, compare
 from pipelines.finetune import FinetuneConfig
 from pipelines.report import plot_learning_curve, without_predictions
+
+_logger = logging.getLogger(__name__)  # the library's lines; the CLIs pass their own `log`
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -31,7 +34,7 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def learning_curve(config: FinetuneConfig, strategies: list[str], sizes: list[int], cache_dir: str, out: str,
-                   log: Callable[[str], None] = print, resume: bool = False) -> dict[int, list[dict]]:
+                   log: Callable[[str], None] = _logger.info, resume: bool = False) -> dict[int, list[dict]]:
     """`compare` at each size in `OUT/train-N/`, then `OUT/report.md` with the curve. A size at or above the largest
     class is the whole train split (the same run as a comparison without a limit, so `--resume` reads it back)."""
     full = resolve_dataset(config.dataset, config.data_root, config.limit_per_class)

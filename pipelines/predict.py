@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from extract.errors import UsageError
 from extract.preprocess import Preprocess, normalize, resize_and_crop
 from extract.runtime import autocast, resolve_device
 from pipelines.finetune import FinetuneConfig, prepare_model, scored_logits
+
+_logger = logging.getLogger(__name__)  # the library's lines; the CLIs pass their own `log`
 
 
 def load_finetuned(run: str | Path) -> tuple[torch.nn.Module, FinetuneConfig, Preprocess, list[str], float]:
@@ -38,18 +41,18 @@ def load_finetuned(run: str | Path) -> tuple[torch.nn.Module, FinetuneConfig, Pr
 
 @torch.inference_mode()
 def predict_finetuned(run: str | Path, paths: list[str], device: str = "auto", batch_size: int = 32,
-                      skip_bad: bool = False, min_probability: float | None = None,
-                      log: Callable[[str], None] = print) -> Iterator[Prediction]:
+                      skip_bad: bool = False, min_probability: float | None = None, progress: bool = False,
+                      log: Callable[[str], None] = _logger.info) -> Iterator[Prediction]:
     """A Prediction per image, in order, with the softmax probability of its class: as classify.predict does for a
     saved head, and as the run scored its test split (same resize, crop, normalisation, precision, mirror image
-    with --flip, and softmax temperature)."""
+    with --flip, and softmax temperature). `progress` shows a bar over the images on stderr."""
     check_min_probability(min_probability)
     files = expand_image_paths(paths)
     model, config, preprocess, names, temperature = load_finetuned(run)
     target = resolve_device(device)
     model.to(target).to(memory_format=torch.channels_last)
     crop = functools.partial(resize_and_crop, preprocess=preprocess)
-    for batch, images in readable_batches(files, batch_size, skip_bad, log):
+    for batch, images in readable_batches(files, batch_size, skip_bad, log, progress):
         with autocast(config.precision, target):
             logits = scored_logits(model, normalize(torch.stack([crop(image) for image in images]), preprocess,
                                                     target), config.flip)

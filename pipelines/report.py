@@ -7,13 +7,11 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**options):
+    """A Figure of its own, not pyplot's: a library leaves the caller's backend and open figures alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**options)
 
 
 def _whole_epochs(*axes) -> None:
@@ -26,9 +24,9 @@ def _whole_epochs(*axes) -> None:
 
 def plot_history(history: list[dict], path: Path) -> Path:
     """Train loss, train accuracy and validation accuracy per epoch of one fine-tuning run."""
-    plt = _pyplot()
     epochs = [row["epoch"] for row in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = _figure(figsize=(10, 3.8))
+    loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, [row["train_loss"] for row in history], marker="o")
     loss_ax.set(xlabel="epoch", ylabel="train loss", title="training loss")
     acc_ax.plot(epochs, [row["train_accuracy"] for row in history], marker="o", label="train")
@@ -38,13 +36,12 @@ def plot_history(history: list[dict], path: Path) -> Path:
     _whole_epochs(loss_ax, acc_ax)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def plot_validation_curves(histories: dict[str, list[dict]], path: Path) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = _figure(figsize=(6.5, 4))
+    ax = fig.subplots()
     for name, history in histories.items():
         ax.plot([r["epoch"] for r in history], [r["val_accuracy"] for r in history], marker="o", label=name)
     ax.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy per epoch", ylim=(0, 1))
@@ -53,13 +50,12 @@ def plot_validation_curves(histories: dict[str, list[dict]], path: Path) -> Path
     _whole_epochs(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def plot_test_accuracy(rows: list[dict], path: Path) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig = _figure(figsize=(6.5, 3.8))
+    ax = fig.subplots()
     names = [row["strategy"] for row in rows]
     values = [row["test_accuracy"] for row in rows]
     errors = np.array([[value - row["test_accuracy_interval"][0], row["test_accuracy_interval"][1] - value]
@@ -71,14 +67,13 @@ def plot_test_accuracy(rows: list[dict], path: Path) -> Path:
     ax.set(ylabel="test accuracy", ylim=(0, 1.1), title="test accuracy by strategy (whiskers: 95% interval)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def plot_learning_curve(points: dict[int, list[dict]], path: Path) -> Path:
     """Test accuracy against train images per class (log scale), a line and its 95% interval band per strategy."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = _figure(figsize=(6.5, 4))
+    ax = fig.subplots()
     sizes = list(points)
     for index, name in enumerate(row["strategy"] for row in points[sizes[0]]):
         rows = [next(row for row in points[size] if row["strategy"] == name) for size in sizes]
@@ -94,17 +89,16 @@ def plot_learning_curve(points: dict[int, list[dict]], path: Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def plot_samples(images: list, predicted: list[str], true: list[str], path: Path, title: str) -> Path:
     """A grid of test images titled 'predicted (true)', green when right and red when wrong."""
-    plt = _pyplot()
     columns = min(8, len(images))
     rows = int(np.ceil(len(images) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 2.0 * rows + 0.4), squeeze=False,
-                             layout="constrained")  # room for each two-line title (tight_layout let them overlap)
+    # constrained: room for each two-line title (tight_layout let them overlap)
+    fig = _figure(figsize=(1.7 * columns, 2.0 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, guess, truth in zip(axes.flat, images, predicted, true, strict=False):
@@ -112,7 +106,6 @@ def plot_samples(images: list, predicted: list[str], true: list[str], path: Path
         ax.set_title(f"{guess}\n({truth})", fontsize=8, color="green" if guess == truth else "red")
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -27,6 +27,11 @@ def test_a_small_photo_dataset_is_similar_and_gets_frozen_top_layer_features(sam
     assert signals["imagenet_confidence"] >= advice["thresholds"]["min_imagenet_confidence"]
     assert signals["peak_layer"] == "penultimate" and signals["top_layer_margin"] > 0
     assert advice["strategy"] == "frozen" and "--strategies frozen " in advice["command"] + " "
+    # and the frozen recipe with the most accuracy: the offline backbones side by side, with its time here
+    ensemble = advice["ensemble"]
+    assert ensemble["command"] == ("python -m extract efficientnet_lite0,efficientnet_lite1,efficientnet_lite2 "
+                                   f"{sample_dir} --limit-per-class 10")
+    assert ensemble["minutes"] > ensemble["minutes_alone"] > 0
     # --run ran that strategy through the comparison pipeline and wrote its report
     assert advice["result"]["strategy"] == "frozen" and advice["result"]["test_accuracy"] > 0.3
     assert (tmp_path / "run" / "report.md").exists()
@@ -40,6 +45,7 @@ def test_digits_are_dissimilar_and_get_earlier_layers(advice_cache, capsys):
     code, out, err = run(main, ["advise", "digits", "--cache-dir", str(advice_cache), *PROBE], capsys)
     assert code == 0, err
     assert "quadrant: small, dissimilar" in out and "--strategies frozen-layers" in out
+    assert "backbones side by side" not in out  # the ensemble measured its gains on the top layer
     assert "top-layer margin (penultimate - best earlier, stage" in out and "below" in out
 
 

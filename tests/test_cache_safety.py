@@ -242,7 +242,9 @@ def test_a_full_disk_stops_before_writing_and_damages_nothing(tmp_path, lite_cac
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: the features need 3.1 MB but only 0.2 MB can be written" in result.stderr
     assert "--cache-dir on another disk" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == [existing.name] and existing.read_bytes() == before
+    # nothing written but the entry's empty lock file, which stays by design (extract/paths.py)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == [existing.name]
+    assert existing.read_bytes() == before
 
 
 def test_space_is_allocated_when_the_file_is_created(tmp_path):
@@ -324,3 +326,53 @@ def test_entries_of_earlier_versions_keep_their_names_and_are_reused(tmp_path):
     assert identity_changes(old, flipped) == ["transform"]
     read = CacheInfo.from_attrs(h5py.File(old, "r").attrs)
     assert read.identity() == json.loads(json.dumps(info.identity())) and read.class_names == ["a", "b"]
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from extract.errors import UsageError
+from extract.paths import CacheLock
+try:
+    with CacheLock(Path({entry!r})):
+        Path({ready!r}).write_text("held")
+        time.sleep(float(sys.argv[1]))
+except UsageError:
+    Path({ready!r}).write_text("refused")
+"""
+
+
+def test_a_released_lock_never_lets_two_later_writers_in_at_once(tmp_path):
+    """Three processes: the first releases while the second takes the lock; a third must still be refused."""
+    entry = tmp_path / "entry.h5"
+
+    def start(name: str, seconds: float) -> tuple[subprocess.Popen, Path]:
+        ready = tmp_path / name
+        script = HOLD_LOCK.format(repo=str(REPO), entry=str(entry), ready=str(ready))
+        return subprocess.Popen([sys.executable, "-c", script, str(seconds)]), ready
+
+    def wait_for(path: Path) -> str:
+        deadline = time.monotonic() + 60
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return path.read_text()
+
+    first = CacheLock(entry).__enter__()
+    release = first.lock.release
+
+    def release_then_let_the_second_in(*args, **kwargs):
+        release(*args, **kwargs)
+        second_started.append(start("second", 30))
+        assert wait_for(second_started[0][1]) == "held"
+
+    second_started = []
+    first.lock.release = release_then_let_the_second_in
+    first.__exit__(None, None, None)
+    third, third_ready = start("third", 0)
+    try:
+        assert wait_for(third_ready) == "refused"
+    finally:
+        third.wait(60)
+        second_started[0][0].kill()
+        second_started[0][0].wait()

@@ -59,7 +59,7 @@ def test_two_classes_and_labels_of_any_type(digits):
     assert probabilities.shape == (len(x_test), 2) and list(model.classes_) == ["even", "odd"]
     assert np.mean(model.predict(x_test) == names[y_test % 2]) > 0.9
     # the second column is P(odd): it rises with the SVM's decision value, positive for classes_[1]
-    order = np.argsort(model.decision_function(x_test))
+    order = np.argsort(model.estimator_.decision_function(x_test))
     assert probabilities[order[-1], 1] > 0.9 > 0.1 > probabilities[order[0], 1]
 
 

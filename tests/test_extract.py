@@ -459,13 +459,16 @@ def test_a_backbone_that_does_not_trace_is_compiled_block_by_block(sample_dir, m
     eager = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg", settings)
     blocks = Extractor(create_backbone("efficientnet_lite0", image_size=64), "avg", settings)
     monkeypatch.setattr(blocks.model, "as_graph", lambda: None)
+    limit = torch._dynamo.config.recompile_limit
     assert "blocks" in blocks.compile_if_it_pays(10**6) and blocks.compiled
     np.testing.assert_allclose(blocks.image_features(images), eager.image_features(images), rtol=1e-4, atol=1e-4)
+    assert torch._dynamo.config.recompile_limit == limit  # a graph per block, without changing the process's limit
 
 
 FAULTS = """
 import resource, sys, torch
-from extract.features import keep_freed_memory
+import extract.features  # the extractor's imports, as in a run
+from extract.runtime import keep_freed_memory
 if sys.argv[1] == "keep":
     keep_freed_memory()
 for _ in range(3):  # the heap grows to its steady size (an aligned block may not fit the freed one the first times)

@@ -1,6 +1,7 @@
 """FrozenFeatures, the scikit-learn transformer: in Pipelines and searches, computed once per setting and image."""
 
 import pickle
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -82,7 +83,16 @@ def test_it_composes_with_cross_val_score_and_halving_search(images):
     paths, labels = images
     pipeline = Pipeline([("features", FrozenFeatures(image_size=64)), ("clf", LogisticRegression(max_iter=500))])
     assert cross_val_score(pipeline, paths, labels, cv=3).mean() > 0.25  # 4 classes: chance is 0.25
-    HalvingGridSearchCV(pipeline, {"features__pool": ["avg", "max"]}, cv=3, min_resources=12).fit(paths, labels)
+    search = HalvingGridSearchCV(pipeline, {"features__pool": ["avg", "max"]}, cv=3, min_resources=12, random_state=0)
+    search.fit(paths, labels)
+    assert list(search.n_candidates_) == [2] and list(search.n_resources_) == [12]  # 24 images: one round
+    scores = search.cv_results_["mean_test_score"]
+    assert search.best_params_ == search.cv_results_["params"][int(np.argmax(scores))]
+    # a permuted-label control: the same search on shuffled labels scores lower than on the true ones
+    shuffled = np.random.default_rng(0).permutation(labels)
+    control = HalvingGridSearchCV(pipeline, {"features__pool": ["avg", "max"]}, cv=3, min_resources=12,
+                                  random_state=0).fit(paths, shuffled)
+    assert search.best_score_ > control.best_score_
 
 
 def test_clone_pickle_and_joblib_keep_the_parameters_and_leave_the_network_behind(images, tmp_path):
@@ -126,3 +136,31 @@ def test_bad_input_is_an_exception_naming_what_is_wrong(images, tmp_path):
         features.transform("photo.jpg")
     with pytest.raises(ValueError, match="uint8"):
         features.transform([np.zeros((8, 8, 3), dtype=np.float32)])
+
+
+def test_an_ensemble_of_backbones_is_a_feature_union_of_their_features(images):
+    from sklearn.pipeline import make_union
+
+    paths, _ = images
+    members = [FrozenFeatures("efficientnet_lite0", image_size=64), FrozenFeatures("efficientnet_lite1", image_size=64)]
+    joined = make_union(*members).fit_transform(paths[:3])
+    alone = [clone(member).fit_transform(paths[:3]) for member in members]
+    assert joined.shape == (3, 1280 + 1280)
+    np.testing.assert_allclose(joined, np.hstack(alone), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(alone[0], alone[1], atol=1e-3)  # two networks, not one twice
+
+
+def test_parameters_changed_after_fit_are_refused_not_written_under_the_fitted_key(images, tmp_path):
+    from extract.image_store import ImageFeatureStore
+
+    paths, _ = images
+    fitted = FrozenFeatures(image_size=64, cache_dir=tmp_path).fit(paths[:2])
+    average = fitted.transform(paths[:1])
+    restored = pickle.loads(pickle.dumps(fitted)).set_params(pool="max")  # rebuilt from today's parameters
+    with pytest.raises(ValueError, match="pool: 'avg' -> 'max'"):
+        restored.transform(paths[1:2])
+    stored = ImageFeatureStore(tmp_path, fitted.identity_, fitted.n_features_out_).read(
+        [f"file:{Path(p).resolve()}:{Path(p).stat().st_size}:{Path(p).stat().st_mtime_ns}" for p in paths[:2]])
+    assert len(stored) == 1  # nothing was added under the average-pooled key
+    np.testing.assert_array_equal(next(iter(stored.values())), average[0])
+    assert restored.fit(paths[:1]).transform(paths[1:2]).shape == (1, 1280)  # refitted: fine

@@ -154,7 +154,7 @@ def _permuted_test_labels(path, tmp_path):
 def test_layer_best_is_chosen_by_cross_validation_on_train_only(layers_cache, tmp_path, capsys):
     from classify.__main__ import main
 
-    args = ["logreg", "--layer", "best", "--grid", "C=0.1", "--cv", "3", "--n-jobs", "1", "--json"]
+    args = ["logreg", "--layers", "best", "--grid", "C=0.1", "--cv", "3", "--n-jobs", "1", "--json"]
     code, out, err = run(main, [args[0], str(layers_cache), *args[1:]], capsys)
     assert code == 0, err
     result = json.loads(out)
@@ -180,7 +180,7 @@ def test_joined_layers_are_scaled_to_equal_variance(layers_cache):
 def test_predict_reextracts_every_layer_the_model_was_trained_on(layers_cache, tmp_path, sample_dir, capsys):
     from classify.__main__ import main
 
-    code, out, _ = run(main, ["svm", str(layers_cache), "--layer", "stage4+penultimate", "--cv", "2", "--n-jobs",
+    code, out, _ = run(main, ["svm", str(layers_cache), "--layers", "stage4,penultimate", "--cv", "2", "--n-jobs",
                               "1", "--json"], capsys)
     result = json.loads(out)
     assert code == 0 and result["layer"] == "stage4+penultimate" and ".stage4+penultimate.svm" in result["model_file"]
@@ -194,8 +194,8 @@ def test_predict_reextracts_every_layer_the_model_was_trained_on(layers_cache, t
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["logreg", "--layer", "stage9"], "this cache has no layer stage9; it holds stage1, stage2"),
-    (["logreg", "--layer", "best"], None),
+    (["logreg", "--layers", "stage9"], "this cache has no layer stage9; it holds stage1, stage2"),
+    (["logreg", "--layers", "best"], None),
 ])
 def test_bad_layer_is_one_line_and_exit_2(argv, message, layers_cache, lite_cache, capsys):
     from classify.__main__ import main
@@ -203,7 +203,7 @@ def test_bad_layer_is_one_line_and_exit_2(argv, message, layers_cache, lite_cach
     target = layers_cache if message else lite_cache
     code, _, err = run(main, [argv[0], str(target), *argv[1:]], capsys)
     assert code == 2 and err.count("\n") == 1
-    assert (message or "--layer best needs a cache with several layers") in err
+    assert (message or "--layers best needs a cache with several layers") in err
 
 
 def test_unknown_extract_layer_names_the_available_ones(tmp_path, sample_dir, capsys):
@@ -216,3 +216,12 @@ def test_unknown_extract_layer_names_the_available_ones(tmp_path, sample_dir, ca
                               "--layers", "stage2,conv9"], capsys)
     assert code == 2 and "unknown layer conv9; this backbone has stage1, stage2" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_old_layer_spelling_still_works_with_a_note(layers_cache, capsys):
+    from classify.__main__ import main
+
+    code, out, err = run(main, ["logreg", str(layers_cache), "--layer", "stage4+penultimate", "--grid", "C=0.1",
+                                "--cv", "2", "--n-jobs", "1", "--json"], capsys)
+    assert code == 0 and json.loads(out)["layer"] == "stage4+penultimate"
+    assert "--layer is now --layers" in err

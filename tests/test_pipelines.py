@@ -344,17 +344,21 @@ def test_epoch_axes_tick_whole_epochs_only(tmp_path, monkeypatch):
 
 
 def test_sample_titles_do_not_cover_the_images_above(tmp_path, monkeypatch):
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from pipelines.report import plot_samples
+    import pipelines.report
 
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)
+    figures, new_figure = [], pipelines.report._figure
+    monkeypatch.setattr(pipelines.report, "_figure", lambda **options: figures.append(new_figure(**options)) or
+                        figures[-1])
     images = [np.full((32, 32, 3), 200, dtype=np.uint8)] * 16
-    plot_samples(images, ["automobile"] * 16, ["airplane"] * 16, tmp_path / "samples.png", "frozen: predicted (true)")
+    pipelines.report.plot_samples(images, ["automobile"] * 16, ["airplane"] * 16, tmp_path / "samples.png",
+                                  "frozen: predicted (true)")
     (figure,) = figures
-    renderer = figure.canvas.get_renderer()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
     boxes = [(axes.title.get_window_extent(renderer), axes.get_window_extent(renderer)) for axes in figure.axes]
     for title, own in boxes:
         assert not any(title.overlaps(image) for _, image in boxes if image is not own)

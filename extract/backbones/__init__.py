@@ -14,10 +14,10 @@ from extract.backbones import efficientnet_lite, timm_models, torchvision_models
 from extract.backbones.base import Backbone, BackboneSource, suggest
 from extract.backbones.efficientnet_lite import EFFICIENTNET_LITE
 from extract.backbones.timm_models import TIMM_PREFIX
-from extract.errors import UsageError
+from extract.errors import UsageError, first_line
 
 __all__ = ["DEFAULT_BACKBONE", "EFFICIENTNET_LITE", "SOURCES", "TIMM_PREFIX", "Backbone", "BackboneSource",
-           "create_backbone", "freeze", "list_backbones"]
+           "backbone_source", "create_backbone", "freeze", "list_backbones"]
 
 SOURCES: tuple[BackboneSource, ...] = (efficientnet_lite.SOURCE, timm_models.SOURCE, torchvision_models.SOURCE)
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -29,21 +29,20 @@ def list_backbones() -> list[str]:
     return [name for source in SOURCES for name in source.listed()]
 
 
-def create_backbone(name: str, weights: str | None = None, image_size: int | None = None) -> Backbone:
+def create_backbone(name: str, weights: str | None = None, image_size: int | None = None, seed: int = 0) -> Backbone:
     """Build `name` with its weights, frozen: eval mode, no gradients.
 
     weights: None or "default" for the pretrained default, "none" for random initialisation,
     a path to a local state dict, or (torchvision) a weights enum name such as "IMAGENET1K_V2".
+    seed: the random initialisation of what the weights do not set (all of it with "none"), drawn without touching
+    the caller's random state.
     """
     if image_size is not None and image_size < 8:  # before any model is built: timm and torch fail less clearly
         raise UsageError(f"--image-size {image_size} is too small; use 32 or more")
     weights = "default" if weights in (None, "", "default") else weights
-    source = next((source for source in SOURCES if source.claims(name)), None)
-    if source is None:
-        raise UsageError(f"unknown backbone {name!r}{suggest(name, list_backbones())}; "
-                         "`python -m extract --list` shows them all, and timm/ARCH takes any timm model")
+    source = backbone_source(name)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # random init ("none") is the same every time, so a scratch baseline is reproducible
+        torch.manual_seed(seed)  # random init ("none") is the same for a seed, so a scratch baseline is reproducible
         backbone = source.create(name, weights, image_size)
     native = backbone.preprocess.crop_size
     if image_size:
@@ -51,6 +50,15 @@ def create_backbone(name: str, weights: str | None = None, image_size: int | Non
     freeze(backbone.model)
     _fit_input_size(backbone, native)
     return backbone
+
+
+def backbone_source(name: str) -> BackboneSource:
+    """The registry entry that builds `name`, without building it; an unknown name is a UsageError."""
+    source = next((source for source in SOURCES if source.claims(name)), None)
+    if source is None:
+        raise UsageError(f"unknown backbone {name!r}{suggest(name, list_backbones())}; "
+                         "`python -m extract --list` shows them all, and timm/ARCH takes any timm model")
+    return source
 
 
 def _fit_input_size(backbone: Backbone, native: int) -> None:
@@ -71,7 +79,7 @@ def _fit_input_size(backbone: Backbone, native: int) -> None:
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size))
     except Exception as error:  # noqa: BLE001 - shape errors of every kind: the size does not fit this architecture
-        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise UsageError(f"{backbone.name} does not take {size} px input ({reason}); "
                          f"use another --image-size, such as its own {native}") from None
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from extract.errors import UsageError
+from extract.errors import UsageError, first_line
 from extract.preprocess import Preprocess
 
 
@@ -48,7 +48,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and safety errors all mean the same to the user
-        raise UsageError(f"cannot read weights file {path}: {str(error).splitlines()[0]}") from None
+        raise UsageError(f"cannot read weights file {path}: {first_line(error, 1000)}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from extract.backbones.base import Backbone, BackboneSource, hub_file, imagenet_categories, is_path, suggest
-from extract.errors import UsageError
+from extract.errors import UsageError, first_line
 from extract.paths import file_sha256
 from extract.preprocess import Preprocess
 
@@ -135,7 +135,7 @@ def _timm_weights_file(name: str, cfg) -> str:
                 continue
             except OSError as error:  # refused (a gated or removed repository), or the disk is full
                 raise UsageError(f"cannot download {name} weights from the Hugging Face Hub ({cfg.hf_hub_id}): "
-                                 f"{str(error).splitlines()[0][:200]}; or pass --weights PATH to a local state dict"
+                                 f"{first_line(error, 200)}; or pass --weights PATH to a local state dict"
                                  ) from None
     raise UsageError(f"the Hugging Face Hub repository {cfg.hf_hub_id} holds none of {', '.join(names)}")
 

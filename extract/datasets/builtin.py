@@ -3,7 +3,14 @@ digits, far from ImageNet)."""
 
 from __future__ import annotations
 
+import errno
+import gzip
 import hashlib
+import socket
+import tarfile
+import urllib.error
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +19,7 @@ from PIL import Image
 
 from extract.datasets.images import to_rgb
 from extract.datasets.splits import Dataset, Split, first_per_class
-from extract.errors import UsageError
+from extract.errors import UsageError, first_line
 
 # name -> (torchvision class, keyword arguments for the train split, for the test split)
 TORCHVISION_DATASETS = {
@@ -57,6 +64,24 @@ def _torchvision_labels(dataset) -> np.ndarray:
     return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
 
 
+def download_failure(name: str, folder: Path, error: Exception) -> str:
+    """What went wrong getting a torchvision dataset, and what to do: a full disk, a damaged archive, or no copy
+    here and no connection (or another failure, named)."""
+    reason = first_line(error)
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return f"the disk under {folder} filled up while getting dataset {name}; free space or pass --data-root to a " \
+               "disk with room"
+    if isinstance(error, tarfile.TarError | zipfile.BadZipFile | gzip.BadGzipFile | EOFError | zlib.error):
+        return f"the archive of dataset {name} under {folder} is damaged ({reason}); delete {folder} and run again " \
+               "to download it anew"
+    if isinstance(error, urllib.error.URLError | ConnectionError | TimeoutError | socket.gaierror) or (
+            isinstance(error, RuntimeError) and "not found" in reason):
+        return f"dataset {name} is not under {folder} and could not be downloaded ({reason}); connect once, pass " \
+               "--data-root to where it is, or give an image folder of class folders"
+    return f"dataset {name} could not be read from {folder} ({type(error).__name__}: {reason}); delete {folder} and " \
+           "run again to download it anew, or give an image folder of class folders"
+
+
 def torchvision_dataset(name: str, data_root: Path, limit_per_class: int | None, download: bool) -> Dataset:
     import torchvision.datasets
 
@@ -66,10 +91,8 @@ def torchvision_dataset(name: str, data_root: Path, limit_per_class: int | None,
     for split_name, kwargs in (("train", train_kwargs), ("test", test_kwargs)):
         try:
             dataset = cls(str(data_root / name), download=download, **kwargs)
-        except Exception as error:  # offline downloads fail with many types; all mean the same to the user
-            raise UsageError(f"dataset {name} is not under {data_root / name} and could not be downloaded "
-                             f"({str(error).splitlines()[0][:160]}); connect once, pass --data-root to where it "
-                             "is, or give an image folder of class folders") from None
+        except Exception as error:  # downloads fail with many types: say which failure it was
+            raise UsageError(download_failure(name, data_root / name, error)) from None
         labels = _torchvision_labels(dataset)
         indices = first_per_class(labels, limit_per_class)
         labels = labels[indices]

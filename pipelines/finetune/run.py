@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from extract.datasets import Dataset, copies_warning
 from extract.distributed import World, world
 from extract.errors import UsageError, make_folder
 from extract.preprocess import Preprocess, resize_and_crop
-from extract.runtime import keep_freed_memory, resolve_device
+from extract.runtime import resolve_device
 from pipelines.finetune.checkpoint import (
     comparable,
     random_states,
@@ -52,6 +53,8 @@ from pipelines.finetune.probe import fit_probe_head, load_into
 from pipelines.finetune.schedule import advance, build_optimizer, build_schedule
 from pipelines.finetune.surgery import parameter_groups, prepare_model
 from pipelines.finetune.trainer import Trainer
+
+_logger = logging.getLogger(__name__)  # the library's lines; the CLIs pass their own `log`
 
 
 @dataclass
@@ -110,7 +113,7 @@ def _resume(path: Path, config: FinetuneConfig, device: torch.device, model: nn.
                      state["train_images"])
 
 
-def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], None] = print,
+def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], None] = _logger.info,
              dataset: Dataset | None = None) -> FinetuneResult:
     """Train, early-stop on validation accuracy (balanced accuracy with `config.balanced`), evaluate the best
     checkpoint once on the test split. With `resume`, continue the run in `config.out` from its last epoch: the
@@ -126,7 +129,6 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
             if line:
                 log(line)
     device = resolve_device(config.device)
-    keep_freed_memory()
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     n_classes = len(dataset.class_names)

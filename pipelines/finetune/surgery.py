@@ -33,7 +33,7 @@ def prepare_model(config: FinetuneConfig, num_classes: int) -> tuple[nn.Module, 
     """The backbone with a new output layer and only the parameters of the mode trainable; the head's name. lp-ft
     trains what partial does with --unfreeze-from, else everything (its output layer is set by `probe`)."""
     weights = "none" if config.mode == "scratch" else config.weights
-    backbone = create_backbone(config.backbone, weights, config.image_size)
+    backbone = create_backbone(config.backbone, weights, config.image_size, seed=config.seed)
     model = backbone.model
     if config.mode == "lp-ft" and has_no_classifier(model):
         raise UsageError(f"{config.backbone} was built without a classifier, so there is no output layer to start "
