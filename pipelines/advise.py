@@ -194,6 +194,10 @@ def _verdict(value: float, threshold: float) -> str:
     return f"{'passes' if value >= threshold else 'below'} {threshold:+.2f}"
 
 
+def _duration(minutes: float) -> str:
+    return f"{minutes:.0f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"
+
+
 def format_advice(advice: Advice) -> str:
     s, t = advice.signals, advice.thresholds
     probe = ", ".join(f"{name} {score:.3f}" for name, score in s["probe_accuracy"].items())
@@ -215,9 +219,10 @@ def format_advice(advice: Advice) -> str:
         f"quadrant: {advice.quadrant}",
         f"recommended: {advice.recommendation}",
         f"  {advice.command}",
-        *([f"most accuracy from frozen features: {len(ENSEMBLE_MEMBERS)} backbones side by side "
-           f"({advice.ensemble['gain']}), extraction about {advice.ensemble['minutes']:.0f} min here against "
-           f"{advice.ensemble['minutes_alone']:.0f} for Lite0 alone:",
-           f"  {advice.ensemble['command']}   (then the classify svm command it prints)"]
+        *([f"most accuracy from frozen features: {len(ENSEMBLE_MEMBERS)} backbones side by side, "
+           f"{advice.ensemble['gain']}",
+           f"  extraction here about {_duration(advice.ensemble['minutes'])} against "
+           f"{_duration(advice.ensemble['minutes_alone'])} for Lite0 alone; then the classify svm command it prints:",
+           f"  {advice.ensemble['command']}"]
           if advice.ensemble else []),
     ])
