@@ -82,11 +82,10 @@ class FrozenFeatures(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Sequence[ImageLike]) -> np.ndarray:  # noqa: N803
         check_is_fitted(self, "layout_")
-        changed = {name: (was, self._feature_params()[name]) for name, was in self.fitted_params_.items()
-                   if self._feature_params()[name] != was}
+        now = self._feature_params()
+        changed = [f"{name}: {was!r} -> {now[name]!r}" for name, was in self.fitted_params_.items() if now[name] != was]
         if changed:  # the store is keyed by identity_: features of other settings must never be written under it
-            raise ValueError("the features' parameters changed since fit (" + ", ".join(
-                f"{name}: {was!r} -> {now!r}" for name, (was, now) in changed.items()) + "); call fit again")
+            raise ValueError(f"the features' parameters changed since fit ({', '.join(changed)}); call fit again")
         images = _as_images(X)
         keys = [_image_key(image) for image in images]
         store = ImageFeatureStore(self.cache_dir, self.identity_, self.n_features_out_) if self.cache_dir else None
