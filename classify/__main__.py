@@ -16,7 +16,13 @@ from classify.evaluate import format_by_confidence, format_confusion
 from classify.feature_map import DEFAULT_SAMPLES
 from classify.heads import CALIBRATED_HEADS, DEFAULT_GRIDS, EXACT_SVM_MAX_TRAIN, HEADS, WEIGHTED_HEADS, format_grid
 from extract.errors import exit_cli
-from extract.options import add_device_argument, add_predict_batch_argument
+from extract.options import (
+    add_device_argument,
+    add_json_argument,
+    add_predict_batch_argument,
+    add_search_arguments,
+    add_skip_bad_argument,
+)
 from extract.store import DEFAULT_CACHE_DIR, latest_cache
 
 EPILOG = """examples:
@@ -91,15 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
                                  "several separated by commas (each scaled to equal variance), or 'best' to choose by "
                                  "cross-validation on the train split among every cached layer (extract them with "
                                  "--layers all); of an ensemble, the same layers of every member")
-        sub.add_argument("--cv", type=int, default=3, help="cross-validation folds on the train split (default 3)")
-        sub.add_argument("--n-jobs", type=int, default=-1,
-                         help="parallel fits (default -1: all cores, or all threads of the Dask cluster)")
+        add_search_arguments(sub, "parallel fits (default -1: all cores, or all threads of the Dask cluster)")
         sub.add_argument("--backend", default="local", choices=BACKENDS,
                          help="where the GridSearchCV fits run: local (default) or dask (needs --scheduler)")
         sub.add_argument("--scheduler", default=None, metavar="ADDRESS",
                          help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786; its workers need "
                               "this toolkit installed")
-        sub.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        add_json_argument(sub)
         sub.add_argument("--seed", type=int, default=0, help="shuffles the cross-validation folds (default 0)")
         if head in CALIBRATED_HEADS:
             sub.add_argument("--probability", action="store_true",
@@ -126,16 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files, or folders (every image under them)")
     add_device_argument(predict)
     add_predict_batch_argument(predict)
+    add_json_argument(predict)
     predict.add_argument("--min-probability", type=float, default=None, metavar="P",
                          help="print 'unsure' instead of the class where its probability is below P, for a person to "
                               "look at (the table printed when the head was trained says how many test images pass "
                               "each P and how many of those are right)")
-    predict.add_argument("--skip-bad", action="store_true",
-                         help="name unreadable images on stderr and classify the rest (default: stop at the first)")
+    add_skip_bad_argument(predict)
     feature_map = commands.add_parser("map", help="draw a cache's train features in 2-D by t-SNE, coloured by class",
                                       description="Writes FILE.map.png beside the cache: do the backbone's features "
                                                   "already group the classes, and which ones mingle?")
     add_cache_arguments(feature_map)
+    add_json_argument(feature_map)
     add_layers_argument(feature_map, "which cached layers to draw, separated by commas (default: penultimate)")
     feature_map.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                              help=f"train images to draw, picked at random (default {DEFAULT_SAMPLES}: about 10 s)")
@@ -147,9 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "FILE.suspects.csv (every suspect) and, for image folders and tables, FILE.suspects.png (the "
                     "first 30).")
     add_cache_arguments(suspects)
+    add_json_argument(suspects)
     add_layers_argument(suspects, "which cached layers to use, separated by commas (default: penultimate)")
-    suspects.add_argument("--cv", type=int, default=3, help="cross-validation folds on the train split (default 3)")
-    suspects.add_argument("--n-jobs", type=int, default=-1, help="parallel fits (default -1: all cores)")
+    add_search_arguments(suspects)
     duplicates = commands.add_parser(
         "duplicates", help="find test images that are near-copies of train images",
         description="For each test image, the train image whose features are most similar (cosine); a test image "
@@ -157,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "accuracy counts it as unseen. Writes FILE.duplicates.csv and, for image folders and tables, "
                     "FILE.duplicates.png (the most similar pairs side by side).")
     add_cache_arguments(duplicates)
+    add_json_argument(duplicates)
     duplicates.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                             help=f"cosine similarity from which a pair counts (default {DEFAULT_THRESHOLD})")
     add_layers_argument(duplicates, "which cached layers to compare, separated by commas (default: penultimate)")
@@ -183,6 +189,26 @@ def print_duplicates(found) -> None:
         print(f"the first pairs pictured: {found.png_path}")
 
 
+def duplicates_json(found) -> dict:
+    return {"threshold": found.threshold, "test_images": len(found.test_ids),
+            "near_copies": [{"test_id": str(found.test_ids[row]), "train_id": str(found.train_ids[found.nearest[row]]),
+                             "similarity": float(found.similarity[row])} for row in found.test_rows],
+            "accuracy_apart": {head: dict(zip(("all", "near_copies", "others"), values, strict=True))
+                               for head, values in found.accuracy_apart.items()},
+            "seconds": found.seconds, "csv": str(found.csv_path), "png": found.png_path and str(found.png_path)}
+
+
+def suspects_json(found) -> dict:
+    names = found.class_names
+    return {"train_images": len(found.labels), "best_params": found.best_params, "seconds": found.seconds,
+            "suspects": [{"id": str(found.ids[row]), "label": names[found.labels[row]],
+                          "predicted": names[found.predicted[row]],
+                          "probability_of_label": float(found.probabilities[row, found.labels[row]]),
+                          "probability_of_predicted": float(found.probabilities[row, found.predicted[row]])}
+                         for row in found.rows],
+            "csv": str(found.csv_path), "png": found.png_path and str(found.png_path)}
+
+
 def print_suspects(found) -> None:
     share = len(found.rows) / max(len(found.labels), 1)
     print(f"\n{len(found.rows)} of {len(found.labels)} train images ({share:.1%}) are predicted as another class "
@@ -207,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print_predictions(predict_images(args.model_file, args.images, device=args.device, batch_size=args.batch_size,
                                          skip_bad=args.skip_bad, min_probability=args.min_probability, progress=True,
-                                         log=lambda message: print(message, file=sys.stderr)),
-                          args.min_probability)
+                                         log=lambda message: print(message, file=sys.stderr), workers=args.workers),
+                          args.min_probability, args.json)
         return 0
 
     args.layer = chosen_layers(args)
@@ -221,19 +247,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "duplicates":
         from classify.duplicates import find_duplicates
 
-        print_duplicates(find_duplicates(cache_file, args.threshold, args.layer,
-                                         log=lambda message: print(message, file=sys.stderr)))
+        found = find_duplicates(cache_file, args.threshold, args.layer,
+                                log=lambda message: print(message, file=sys.stderr))
+        if args.json:
+            print(json.dumps(duplicates_json(found)))
+        else:
+            print_duplicates(found)
         return 0
     if args.command == "suspects":
         from classify.suspects import find_suspects
 
-        print_suspects(find_suspects(cache_file, args.layer, args.cv, args.n_jobs,
-                                     log=lambda message: print(message, file=sys.stderr)))
+        found = find_suspects(cache_file, args.layer, args.cv, args.n_jobs,
+                              log=lambda message: print(message, file=sys.stderr), progress=True)
+        if args.json:
+            print(json.dumps(suspects_json(found)))
+        else:
+            print_suspects(found)
         return 0
     if args.command == "map":
         from classify.feature_map import feature_map
 
-        print(feature_map(cache_file, args.layer, args.samples, log=lambda message: print(message, file=sys.stderr)))
+        png = feature_map(cache_file, args.layer, args.samples, log=lambda message: print(message, file=sys.stderr))
+        print(json.dumps({"map_png": str(png)}) if args.json else png)
         return 0
 
     from classify.train import train_head

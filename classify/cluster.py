@@ -40,6 +40,8 @@ def fits_bar(total: int, description: str, show: bool = True) -> Iterator[None]:
     joblib.Parallel.print_progress = progress
     try:
         yield
+        bar.update(bar.total - bar.n)  # joblib reports its last tasks after the search has read their results
+        bar.refresh()  # drawn even within tqdm's minimum interval: closing clears the bar without drawing it
     finally:
         joblib.Parallel.print_progress = original
         bar.close()

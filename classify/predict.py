@@ -6,6 +6,8 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
@@ -51,12 +53,12 @@ class Prediction(NamedTuple):
 
 def predict_images(model_path: str | Path, paths: list[str], device: str = "auto", batch_size: int = 32,
                    skip_bad: bool = False, min_probability: float | None = None, progress: bool = False,
-                   log: Callable[[str], None] = _logger.info) -> Iterator[Prediction]:
+                   log: Callable[[str], None] = _logger.info, workers: int = 0) -> Iterator[Prediction]:
     """A Prediction for each image, in order, a batch at a time (memory stays flat however many images there are;
     a head trained on an ensemble runs each member's network and reads their features side by side); folders stand
     for the images under them. An unreadable image stops the run, or with `skip_bad` is named through `log` and left
     out, as `extract --skip-bad` does. With `min_probability`, a prediction whose probability is below it is marked
-    unsure. `progress` shows a bar over the images on stderr."""
+    unsure. `progress` shows a bar over the images on stderr; `workers` threads decode the next batch meanwhile."""
     model, metadata = load_model(model_path)
     check_min_probability(min_probability)
     if min_probability is not None and not hasattr(model, "predict_proba"):
@@ -67,7 +69,7 @@ def predict_images(model_path: str | Path, paths: list[str], device: str = "auto
     extractors = [member_extractor(source, device) for source in (recorded if isinstance(recorded, list)
                                                                    else [recorded])]
     names = metadata["class_names"]
-    for batch, images in readable_batches(files, batch_size, skip_bad, log, progress):
+    for batch, images in readable_batches(files, batch_size, skip_bad, log, progress, workers):
         features = np.hstack([extractor.image_features(images) for extractor in extractors])
         yield from marked(_predict_batch(model, features, batch, names), min_probability)
 
@@ -87,27 +89,43 @@ def member_extractor(source: dict, device: str) -> Extractor:
 
 
 def readable_batches(files: list[str], batch_size: int, skip_bad: bool, log: Callable[[str], None],
-                     progress: bool = False) -> Iterator[tuple[list[str], list]]:
+                     progress: bool = False, workers: int = 0) -> Iterator[tuple[list[str], list]]:
     """The files' paths and PIL images, batch_size at a time; an unreadable one stops the run, or with `skip_bad`
-    is named through `log` and left out. `progress`: a bar over the files on stderr, for a folder of them."""
+    is named through `log` and left out. `workers` threads decode the next batch while the caller runs this one
+    (Pillow decodes without the interpreter lock); 0 decodes in turn. `progress`: a bar over the files on stderr."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be 1 or more, not {batch_size}")
-    with tqdm(total=len(files), unit="img", file=sys.stderr, leave=False,
-              disable=not progress or len(files) <= batch_size) as bar:
-        for start in range(0, len(files), batch_size):
-            chunk, batch, images = files[start:start + batch_size], [], []
-            for path in chunk:
-                try:
-                    images.append(load_image(path, path))
-                    batch.append(path)
-                except BadImageError as error:
+    if workers < 0:
+        raise UsageError(f"--workers must be 0 or more, not {workers}")
+    chunks = [files[start:start + batch_size] for start in range(0, len(files), batch_size)]
+    with ThreadPoolExecutor(workers) if workers else nullcontext() as pool, tqdm(
+            total=len(files), unit="img", file=sys.stderr, leave=False,
+            disable=not progress or len(files) <= batch_size) as bar:
+        decode = pool.map if pool else map  # the pool's map starts every image of the chunk at once
+        pending = decode(_decoded, chunks[0]) if chunks else None
+        for index, chunk in enumerate(chunks):
+            decoded = list(pending)
+            pending = decode(_decoded, chunks[index + 1]) if index + 1 < len(chunks) else None
+            batch, images = [], []
+            for path, image in zip(chunk, decoded, strict=True):
+                if isinstance(image, BadImageError):
                     if not skip_bad:
-                        raise UsageError(f"cannot read image {error}; fix or remove it, or pass --skip-bad to leave "
+                        raise UsageError(f"cannot read image {image}; fix or remove it, or pass --skip-bad to leave "
                                          "unreadable images out") from None
-                    log(f"skipped unreadable: {error}")
+                    log(f"skipped unreadable: {image}")
+                    continue
+                images.append(image)
+                batch.append(path)
             if images:
                 yield batch, images
             bar.update(len(chunk))
+
+
+def _decoded(path: str):
+    try:
+        return load_image(path, path)
+    except BadImageError as error:
+        return error
 
 
 def marked(predictions: Iterator[Prediction], min_probability: float | None) -> Iterator[Prediction]:
@@ -122,12 +140,14 @@ def check_min_probability(min_probability: float | None) -> None:
                          "printed after training gives the accuracy at 0.5 to 0.99")
 
 
-def print_predictions(predictions: Iterator[Prediction], min_probability: float | None) -> None:
-    """PATH<TAB>CLASS[<TAB>PROBABILITY] per image on stdout, as they come; how many were unsure on stderr."""
+def print_predictions(predictions: Iterator[Prediction], min_probability: float | None, as_json: bool = False) -> None:
+    """PATH<TAB>CLASS[<TAB>PROBABILITY] per image on stdout, as they come (`as_json`: one JSON object a line, with
+    the class even where unsure); how many were unsure on stderr."""
     unsure = total = 0
-    for path, label, probability, doubt in predictions:
-        print(f"{path}\t{'unsure' if doubt else label}" + ("" if probability is None else f"\t{probability:.3f}"),
-              flush=True)
+    for prediction in predictions:
+        path, label, probability, doubt = prediction
+        print(json.dumps(prediction._asdict()) if as_json else f"{path}\t{'unsure' if doubt else label}"
+              + ("" if probability is None else f"\t{probability:.3f}"), flush=True)
         unsure, total = unsure + doubt, total + 1
     if min_probability is not None:
         print(f"{unsure} of {total} images below probability {min_probability:g}: printed as unsure",

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 
+from classify.cluster import fits_bar
 from classify.conventions import check_cv, default_layer, output_base, short_name
 from classify.heads import LayerSelector, build_head, parse_grid
 from classify.mistakes import cached_image_files, plot_images, write_table
@@ -42,12 +43,15 @@ class Suspects:
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, layout: dict, layer: str, cv: int,
-                              n_jobs: int) -> tuple[np.ndarray, dict]:
-    """Each row's class probabilities from a logreg head trained on the other folds, and the parameters chosen."""
+                              n_jobs: int, progress: bool = False) -> tuple[np.ndarray, dict]:
+    """Each row's class probabilities from a logreg head trained on the other folds, and the parameters chosen;
+    `progress`: a bar over the search's fits."""
     estimator = build_head("logreg", layout, layer)
     folds = StratifiedKFold(cv, shuffle=True, random_state=0)
-    search = GridSearchCV(estimator, parse_grid(None, "logreg"), cv=folds, n_jobs=n_jobs, refit=False)
-    search.fit(features, labels)
+    grid = parse_grid(None, "logreg")
+    search = GridSearchCV(estimator, grid, cv=folds, n_jobs=n_jobs, refit=False)
+    with fits_bar(cv * int(np.prod([len(values) for values in grid.values()])), "suspects", progress):
+        search.fit(features, labels)
     best = clone(estimator).set_params(**search.best_params_)
     probabilities = cross_val_predict(best, features, labels, cv=folds, method="predict_proba", n_jobs=n_jobs)
     return probabilities, {short_name(k): v for k, v in search.best_params_.items()}
@@ -62,9 +66,10 @@ def rank_suspects(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
 
 
 def find_suspects(cache_path: str | Path, layer: str | None = None, cv: int = 3, n_jobs: int = -1,
-                  log: Callable[[str], None] = _logger.info) -> Suspects:
+                  log: Callable[[str], None] = _logger.info, progress: bool = False) -> Suspects:
     """Rank the cache's train images by how much the features disagree with their labels; write FILE.suspects.csv
-    (every suspect) and, for image folders and tables, FILE.suspects.png (the first GALLERY_SIZE)."""
+    (every suspect) and, for image folders and tables, FILE.suspects.png (the first GALLERY_SIZE). `progress`: a
+    bar over the search's fits on stderr."""
     cache = open_cache(cache_path)
     features, labels, ids = cache.load("train")
     check_cv(cv, labels)
@@ -72,7 +77,7 @@ def find_suspects(cache_path: str | Path, layer: str | None = None, cv: int = 3,
     LayerSelector(cache.layout, chosen).fit(features[:2])  # an unknown --layers fails here, before any work
     log(f"suspects: out-of-fold logreg probabilities of {len(labels)} train images, {cv} folds, {chosen} features")
     started = time.perf_counter()
-    found, best_params = out_of_fold_probabilities(features, labels, cache.layout, chosen, cv, n_jobs)
+    found, best_params = out_of_fold_probabilities(features, labels, cache.layout, chosen, cv, n_jobs, progress)
     probabilities = np.zeros((len(labels), len(cache.class_names)))
     probabilities[:, np.unique(labels)] = found  # a class without train images has no column of its own
     rows = rank_suspects(labels, probabilities)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from extract.distributed import shutdown, world
 from extract.errors import UsageError, exit_cli
 from extract.features import COMPILE_MIN_IMAGES, COMPILE_MODES, ExtractionSettings
 from extract.layers import DEFAULT_LAYER, POOLS
-from extract.options import add_data_arguments, add_device_argument
+from extract.options import add_data_arguments, add_device_argument, add_json_argument, add_skip_bad_argument
 from extract.run import ExtractRequest, extract_to_cache
 from extract.runtime import PRECISIONS, keep_freed_memory
 from extract.store import DEFAULT_CACHE_DIR
@@ -84,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "first image has a megapixel or more; else cores - 1, up to 8; with a GPU every core, "
                              "up to 8)")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="where feature files go (default: cache/)")
+    add_json_argument(parser)
     parser.add_argument("--force", action="store_true",
                         help="compute every image, even where a matching cache file (or an earlier one of the same "
                         "dataset) holds it")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="leave out unreadable images (recorded in the file) instead of stopping")
+    add_skip_bad_argument(parser)
     return parser
 
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                          "efficientnet_lite0,efficientnet_lite1")
     for name in members:  # every name checked before any member is extracted
         backbone_source(name)
-    paths = []
+    paths, results = [], []
     try:
         for name in members:
             request = ExtractRequest(
@@ -138,10 +139,14 @@ def main(argv: list[str] | None = None) -> int:
                                             workers=args.workers, compile=args.compile))
             result = extract_to_cache(request, log=lambda message: print(message, file=sys.stderr))
             paths.append(str(result.path))
-            if world().is_main:
+            results.append({"cache_file": str(result.path), "reused": result.reused, "images": result.images,
+                            "seconds": result.seconds, "images_per_second": result.images_per_second})
+            if world().is_main and not args.json:
                 print(result.path)
     finally:
         shutdown()
+    if args.json and world().is_main:
+        print(json.dumps({"entries": results}))
     if len(paths) > 1 and world().is_main:
         print(f"an ensemble of {len(paths)} members: python -m classify svm {' '.join(paths)}", file=sys.stderr)
     return 0

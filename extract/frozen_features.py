@@ -11,6 +11,9 @@ beside the head's.
 With `cache_dir`, each image's features are computed once per setting and kept (`image_store`): the search above
 runs the network once per setting and image, not once per fold and candidate, and the same search run again runs it
 on no image at all.
+
+The networks of the last two settings stay in memory for the next fit of the same setting, after the estimators that
+built them are gone: `FrozenFeatures.free_networks()` lets them go.
 """
 
 from __future__ import annotations
@@ -128,6 +131,11 @@ class FrozenFeatures(TransformerMixin, BaseEstimator):
 
     def _network(self) -> Extractor:
         return self.__dict__.get("_extractor") or self._build()
+
+    @staticmethod
+    def free_networks() -> None:
+        """Drop the networks kept for the next fit of the same setting; an estimator still holding one keeps it."""
+        _extractor_for.cache_clear()
 
 
 @functools.lru_cache(maxsize=2)

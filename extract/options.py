@@ -21,6 +21,29 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_predict_batch_argument(parser: argparse.ArgumentParser) -> None:
-    """--batch-size of the predict commands: images decoded and run through the network together."""
+    """--batch-size and --workers of the predict commands: images decoded and run through the network together."""
     parser.add_argument("--batch-size", type=int, default=32,
                         help="images per forward pass (default 32); memory stays flat however many images there are")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="threads decoding the next batch while the network runs this one (default 0: in turn; "
+                             "for large photos on several cores)")
+
+
+JSON_HELP = "print the result as JSON on stdout (predict: one object per image, a line each), the log on stderr"
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def add_search_arguments(parser: argparse.ArgumentParser, n_jobs_help: str = "parallel fits (default -1: all cores)"
+                         ) -> None:
+    """--cv and --n-jobs of every command that searches a head's parameters by cross-validation."""
+    parser.add_argument("--cv", type=int, default=3, help="cross-validation folds on the train split (default 3)")
+    parser.add_argument("--n-jobs", type=int, default=-1, help=n_jobs_help)
+
+
+def add_skip_bad_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unreadable images, each named on stderr (extract also records them in the "
+                             "cache file), instead of stopping at the first")

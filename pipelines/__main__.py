@@ -11,11 +11,25 @@ from extract.backbones import DEFAULT_BACKBONE
 from extract.datasets import CSV_SUFFIXES
 from extract.errors import exit_cli
 from extract.features import ExtractionSettings
-from extract.options import add_data_arguments, add_device_argument, add_predict_batch_argument
+from extract.options import (
+    add_data_arguments,
+    add_device_argument,
+    add_json_argument,
+    add_predict_batch_argument,
+    add_search_arguments,
+    add_skip_bad_argument,
+)
 from extract.paths import name_in_paths
 from extract.runtime import keep_freed_memory
 from extract.store import DEFAULT_CACHE_DIR
-from pipelines.advise import LARGE_PER_CLASS, MIN_CONFIDENCE, MIN_TOP_LAYER_MARGIN, PROBE_PER_CLASS
+from pipelines.advise import (
+    DEFAULT_BUDGET_MINUTES,
+    FINE_TUNE_MIN_PER_CLASS,
+    FINE_TUNE_MIN_PROBE_ERROR,
+    MIN_TOP_LAYER_MARGIN,
+    PROBE_PER_CLASS,
+)
+from pipelines.budget import DEFAULT_EPOCHS
 from pipelines.compare import DEFAULT_STRATEGIES, STRATEGIES
 from pipelines.finetune import MODES, OPTIMIZERS, SCHEDULES, FinetuneConfig
 
@@ -38,20 +52,18 @@ Guide: docs/finetune.md (fine-tuning, compare, LP-FT) and docs/advisor.md (advis
 """
 
 
-ADVISE_HELP = f"""Where does a dataset sit among the four transfer-learning quadrants, and what should run?
+ADVISE_HELP = f"""Which strategy should run on a dataset: the cheapest one expected within about a point of the best,
+within a time budget on this machine.
 
-size: train images in the smallest class; large from {LARGE_PER_CLASS['similar']} for similar data (where lp-ft
-  starts at the linear probe), from {LARGE_PER_CLASS['dissimilar']} for dissimilar data.
-similarity to ImageNet, measured on the first --probe-per-class train images of each class (features cached):
-  ImageNet confidence: mean top-1 probability of the pretrained classifier over its 1000 classes
-    (similar from {MIN_CONFIDENCE})
-  top-layer margin: linear-probe CV accuracy of the penultimate layer minus that of the best earlier stage
-    (similar from {MIN_TOP_LAYER_MARGIN})
-  similar when both pass.
-small+similar: frozen (penultimate features, linear/SVM head); small+dissimilar: frozen-layers (the layer chosen
-by CV among every stage); large+similar: lp-ft (fine-tuning from the linear probe); large+dissimilar: full
-fine-tuning from ImageNet weights.
-Thresholds and their calibration: docs/advisor.md.
+measured on the first --probe-per-class train images of each class (features cached):
+  top-layer margin: linear-probe CV accuracy of the penultimate layer minus that of the best earlier stage:
+    from {MIN_TOP_LAYER_MARGIN:+g}, frozen top-layer features (frozen); below, the layer chosen by CV (frozen-layers)
+  frozen probe error: 1 - the penultimate probe's CV accuracy: fine-tuning from the linear probe (lp-ft) is expected
+    to pay from {FINE_TUNE_MIN_PROBE_ERROR} with {FINE_TUNE_MIN_PER_CLASS} or more train images in the smallest class,
+    where the margin passes (lp-ft starts from the top layer's probe)
+lp-ft is recommended where it is expected to pay and fits --budget; every strategy's time here is printed, from
+speeds measured on this machine, with what it gained where the calibration's rule said the same.
+Thresholds, the calibration and its check on left-out dataset families: docs/advisor.md.
 """
 
 
@@ -94,7 +106,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="image-decoding processes (default: none on a CPU of 2 cores or fewer, else cores - 1, "
                              "up to 8; with a GPU every core, up to 8)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json_argument(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,11 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(advise, limit_help="advise on (and --run on) the first N images of each class only")
     advise.add_argument("--workers", type=int, default=None,
                         help="image-decoding processes (default: as for python -m extract)")
+    advise.add_argument("--budget", type=float, default=DEFAULT_BUDGET_MINUTES, metavar="MINUTES",
+                        help="the longest run to recommend, in minutes on this machine (default "
+                             f"{DEFAULT_BUDGET_MINUTES:g}: what one waits for without leaving the desk)")
+    advise.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                        help=f"fine-tuning epochs, for its time and for --run (default {DEFAULT_EPOCHS}, as compare)")
     advise.add_argument("--run", action="store_true", help="run the recommended strategy (python -m pipelines "
                                                              "compare with that strategy) and write its report")
     advise.add_argument("--out", default=None,
                         help="report folder for --run (default reports/BACKBONE-DATASET-advised)")
-    advise.add_argument("--json", action="store_true", help="print the advice (and --run's result) as JSON")
+    add_json_argument(advise)
     tune = commands.add_parser("finetune", help="fine-tune a backbone on a dataset")
     add_training_arguments(tune)
     tune.add_argument("--mode", choices=MODES, default="full",
@@ -141,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="train on the first N images of each class, test on the whole test split; several sizes "
                            "(50,200,1000) run the comparison at each into OUT/train-N/ and draw the learning curve "
                            "in OUT/report.md")
+    add_search_arguments(both, "parallel fits of the frozen strategies' heads (default -1: all cores)")
     both.add_argument("--resume", action="store_true",
                       help="read back the strategies OUT already holds and continue an interrupted one from its last "
                            "checkpoint")
@@ -153,11 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files, or folders (every image under them)")
     add_device_argument(predict)
     add_predict_batch_argument(predict)
+    add_json_argument(predict)
     predict.add_argument("--min-probability", type=float, default=None, metavar="P",
                          help="print 'unsure' instead of the class where its probability is below P, for a person "
                               "to look at")
-    predict.add_argument("--skip-bad", action="store_true",
-                         help="name unreadable images on stderr and classify the rest (default: stop at the first)")
+    add_skip_bad_argument(predict)
     return parser
 
 
@@ -176,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print_predictions(predict_finetuned(args.run, args.images, device=args.device, batch_size=args.batch_size,
                                             skip_bad=args.skip_bad, min_probability=args.min_probability,
-                                            progress=True, log=log), args.min_probability)
+                                            progress=True, log=log, workers=args.workers), args.min_probability,
+                          args.json)
         return 0
     from pathlib import Path
 
@@ -190,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.out = args.out or f"runs/{name_in_paths(args.backbone)}-{slug}-{args.mode}"
         try:
-            result = finetune(config_from(args), resume=args.resume, log=log)
+            result = finetune(config_from(args), resume=args.resume, log=log, progress=True)
             if world().is_main:
                 summary = {k: v for k, v in result.to_dict().items() if k not in ("history", "test_predictions")}
                 print(json.dumps(summary) if args.json else
@@ -210,11 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     config, strategies = config_from(args), parse_strategies(args.strategies)
     sizes = parse_sizes(args.train_sizes) if args.train_sizes else []
     if len(sizes) > 1:
-        points = learning_curve(config, strategies, sizes, args.cache_dir, out, log=log, resume=args.resume)
+        points = learning_curve(config, strategies, sizes, args.cache_dir, out, log=log, resume=args.resume,
+                                progress=True, cv=args.cv, n_jobs=args.n_jobs)
         print(json.dumps(results(points)) if args.json else "\n".join(summary(points)) + f"\n\nreport: {out}/report.md")
         return 0
     config.train_per_class = sizes[0] if sizes else None
-    rows = compare(config, strategies, args.cache_dir, out, log=log, resume=args.resume)
+    rows = compare(config, strategies, args.cache_dir, out, log=log, resume=args.resume, progress=True, cv=args.cv,
+                   n_jobs=args.n_jobs)
     if args.json:
         print(json.dumps([without_predictions(row) for row in rows]))
     else:
@@ -230,15 +251,17 @@ def run_advise(args: argparse.Namespace, slug: str, log) -> int:
 
     settings = ExtractionSettings(workers=args.workers)
     advice = advise(args.dataset, args.backbone, args.probe_per_class, args.image_size, args.cache_dir,
-                    args.data_root, args.limit_per_class, settings, log=log)
+                    args.data_root, args.limit_per_class, settings, log=log, budget_minutes=args.budget,
+                    epochs=args.epochs, progress=True)
     output = advice.to_dict()
     if not args.json:
         print(format_advice(advice))
     if args.run:
         out = args.out or f"reports/{name_in_paths(args.backbone)}-{slug}-advised"
         config = FinetuneConfig(backbone=args.backbone, dataset=args.dataset, image_size=args.image_size,
-                                limit_per_class=args.limit_per_class, data_root=args.data_root, workers=args.workers)
-        (row,) = compare(config, [advice.strategy], args.cache_dir, out, log=log)
+                                limit_per_class=args.limit_per_class, data_root=args.data_root, workers=args.workers,
+                                epochs=args.epochs)
+        (row,) = compare(config, [advice.strategy], args.cache_dir, out, log=log, progress=True)
         output["result"] = without_predictions(row)
         if not args.json:
             print(f"\n{advice.strategy}: test accuracy {row['test_accuracy']:.4f} ({row['detail']}); "

@@ -47,17 +47,19 @@ def parse_strategies(text: str | None) -> list[str]:
     return chosen
 
 
-def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None], strategy: str = "frozen") -> dict:
+def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None], strategy: str = "frozen",
+               progress: bool = False, cv: int = 3, n_jobs: int = 1) -> dict:
     """Extract through the cache (reused when present), then the head with the best cross-validated score.
 
     `frozen` reads the penultimate layer; `frozen-layers` every stage too, the layer chosen by cross-validation."""
     started = time.perf_counter()
-    extracted = extract_features(config, log, FROZEN_STRATEGIES[strategy], config.flip, cache_dir)
+    extracted = extract_features(config, log, FROZEN_STRATEGIES[strategy], config.flip, cache_dir, progress)
     cache = open_cache(extracted.path)
     smallest = int(np.bincount(cache.load("train")[1]).min())
     layer = "best" if strategy == "frozen-layers" else None
-    results = [train_head(extracted.path, head, cv=min(3, smallest), n_jobs=1, layer=layer, log=log,
-                          balanced=config.balanced, seed=config.seed) for head in FROZEN_HEADS[strategy]]
+    results = [train_head(extracted.path, head, cv=min(cv, smallest), n_jobs=n_jobs, layer=layer, log=log,
+                          balanced=config.balanced, seed=config.seed, progress=progress)
+               for head in FROZEN_HEADS[strategy]]
     # chosen by cross-validation (balanced accuracy with --balanced), never by the test split
     best = max(results, key=lambda r: r.cv_accuracy)
     model, _ = load_model(best.model_file)
@@ -75,11 +77,12 @@ def run_frozen(config: FinetuneConfig, cache_dir: str, log: Callable[[str], None
 
 def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: str,
             log: Callable[[str], None] = _logger.info, resume: bool = False,
-            dataset: Dataset | None = None) -> list[dict]:
+            dataset: Dataset | None = None, progress: bool = False, cv: int = 3, n_jobs: int = 1) -> list[dict]:
     """Each strategy on the same split, then the report. Each finished strategy leaves `OUT/STRATEGY/row.json`; with
     `resume`, those are read back and an interrupted fine-tuning continues from its last checkpoint, so a comparison
     too long for one sitting is finished by running the same command again with --resume. `dataset`: the config's,
-    already resolved (`run_dataset`)."""
+    already resolved (`run_dataset`). `progress`: bars over each long step on stderr, as the CLI shows. `cv` and
+    `n_jobs`: the frozen strategies' head searches (folds at most the smallest class's train images)."""
     dataset = run_dataset(config, dataset)
     out_dir = make_folder(out, "--out")
     rows, histories = [], {}
@@ -90,11 +93,11 @@ def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: 
             row = _read_back(saved, config)
             log(f"read back from {saved} (finished earlier: test accuracy {row['test_accuracy']:.4f})")
         elif strategy in FROZEN_STRATEGIES:
-            row = run_frozen(config, cache_dir, log, strategy)
+            row = run_frozen(config, cache_dir, log, strategy, progress, cv, n_jobs)
         else:
             result = finetune(replace(config, mode=strategy, out=str(out_dir / strategy), cache_dir=cache_dir,
                                       unfreeze_from=config.unfreeze_from if strategy == "partial" else None),
-                              log=log, dataset=dataset, resume=resume)
+                              log=log, dataset=dataset, resume=resume, progress=progress)
             row = {"strategy": strategy, "test_accuracy": result.test_accuracy,
                    "test_accuracy_interval": result.test_accuracy_interval,
                    "test_balanced_accuracy": result.test_balanced_accuracy, "macro_f1": result.macro_f1,

@@ -34,7 +34,8 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def learning_curve(config: FinetuneConfig, strategies: list[str], sizes: list[int], cache_dir: str, out: str,
-                   log: Callable[[str], None] = _logger.info, resume: bool = False) -> dict[int, list[dict]]:
+                   log: Callable[[str], None] = _logger.info, resume: bool = False,
+                   progress: bool = False, cv: int = 3, n_jobs: int = 1) -> dict[int, list[dict]]:
     """`compare` at each size in `OUT/train-N/`, then `OUT/report.md` with the curve. A size at or above the largest
     class is the whole train split (the same run as a comparison without a limit, so `--resume` reads it back)."""
     full = resolve_dataset(config.dataset, config.data_root, config.limit_per_class)
@@ -44,7 +45,8 @@ def learning_curve(config: FinetuneConfig, strategies: list[str], sizes: list[in
     for size in sorted({min(size, largest) for size in sizes}):
         log(f"=== {size} train images per class ===")
         points[size] = compare(replace(config, train_per_class=size if size < largest else None), strategies,
-                               cache_dir, str(out_dir / f"train-{size}"), log=log, resume=resume, dataset=full)
+                               cache_dir, str(out_dir / f"train-{size}"), log=log, resume=resume, dataset=full,
+                               progress=progress, cv=cv, n_jobs=n_jobs)
     write_curve_report(points, config, full.name, out_dir)
     return points
 

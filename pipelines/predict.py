@@ -42,17 +42,18 @@ def load_finetuned(run: str | Path) -> tuple[torch.nn.Module, FinetuneConfig, Pr
 @torch.inference_mode()
 def predict_finetuned(run: str | Path, paths: list[str], device: str = "auto", batch_size: int = 32,
                       skip_bad: bool = False, min_probability: float | None = None, progress: bool = False,
-                      log: Callable[[str], None] = _logger.info) -> Iterator[Prediction]:
+                      log: Callable[[str], None] = _logger.info, workers: int = 0) -> Iterator[Prediction]:
     """A Prediction per image, in order, with the softmax probability of its class: as classify.predict does for a
     saved head, and as the run scored its test split (same resize, crop, normalisation, precision, mirror image
-    with --flip, and softmax temperature). `progress` shows a bar over the images on stderr."""
+    with --flip, and softmax temperature). `progress` shows a bar over the images on stderr; `workers` threads
+    decode the next batch meanwhile."""
     check_min_probability(min_probability)
     files = expand_image_paths(paths)
     model, config, preprocess, names, temperature = load_finetuned(run)
     target = resolve_device(device)
     model.to(target).to(memory_format=torch.channels_last)
     crop = functools.partial(resize_and_crop, preprocess=preprocess)
-    for batch, images in readable_batches(files, batch_size, skip_bad, log, progress):
+    for batch, images in readable_batches(files, batch_size, skip_bad, log, progress, workers):
         with autocast(config.precision, target):
             logits = scored_logits(model, normalize(torch.stack([crop(image) for image in images]), preprocess,
                                                     target), config.flip)

@@ -159,3 +159,9 @@ def test_list_rows_carry_size_dimension_and_top1():
     assert rows[1]["params"] == 11_689_512 and rows[1]["top1"] == pytest.approx(69.758)
     table = format_table(rows)
     assert "resnet18" in table and "11.7M" in table and "75.1" in table
+    # a torchvision model whose features cannot be read is named with why, not a crash of the whole list
+    squeezenet = _row("squeezenet1_0")
+    assert squeezenet == {"name": "squeezenet1_0", "unsupported": squeezenet["unsupported"]}
+    assert "neither a global pooling nor a classifier layer" in squeezenet["unsupported"]
+    assert "left out, as features cannot be read from them: squeezenet1_0 (SqueezeNet has neither" in format_table(
+        [*rows, squeezenet])

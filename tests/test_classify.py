@@ -75,6 +75,13 @@ def test_predict_new_images_uses_the_recorded_backbone(trained, cache_copy, samp
     probabilities = model.predict_proba(features[picked])
     columns = [metadata["class_names"].index(label) for label in expected]
     assert [float(p) for _, _, p in lines] == pytest.approx(probabilities[range(3), columns], abs=5e-4)
+    # --json: one object per image, in order, the probability unrounded
+    code, out, _ = run(main, ["predict", trained.model_file, *[str(sample_dir / ids[i]) for i in picked], "--json"],
+                       capsys)
+    objects = [json.loads(line) for line in out.strip().splitlines()]
+    assert code == 0 and [o["label"] for o in objects] == expected and not any(o["unsure"] for o in objects)
+    assert [o["path"] for o in objects] == [str(sample_dir / ids[i]) for i in picked]
+    assert [o["probability"] for o in objects] == pytest.approx(probabilities[range(3), columns], abs=1e-5)
 
 
 def test_predict_marks_unsure_the_images_below_min_probability(trained, cache_copy, sample_dir, capsys):
@@ -174,6 +181,13 @@ def test_predict_stops_at_an_unreadable_image_or_skips_it(trained, sample_dir, t
     code, out, err = run(main, ["predict", trained.model_file, str(folder), "--skip-bad"], capsys)
     assert code == 0 and "skipped unreadable: " in err and "0003.jpg" in err
     assert [line.split("\t")[0] for line in out.strip().splitlines()] == [p for p in good if "0003" not in p]
+    # decoded by threads, a batch ahead, in batches that split the folder: the same lines, in the same order
+    code, threaded, err = run(main, ["predict", trained.model_file, str(folder), "--skip-bad", "--workers", "2",
+                                     "--batch-size", "3"], capsys)
+    assert code == 0 and threaded == out and "0003.jpg" in err
+    code, _, err = run(main, ["predict", trained.model_file, str(folder), "--workers", "2", "--batch-size", "3"],
+                       capsys)
+    assert code == 2 and "cannot read image" in err and "0003.jpg" in err
 
 
 def test_cli_json_and_plot(cache_copy, capsys):
@@ -406,6 +420,8 @@ def test_map_draws_a_cache_beside_it(cache_copy, capsys):
     path = out.strip()
     assert path == str(cache_copy.with_suffix(".map.png"))
     assert Image.open(path).size[0] > 500
+    code, out, _ = run(main, ["map", str(cache_copy), "--samples", "40", "--json"], capsys)
+    assert code == 0 and json.loads(out) == {"map_png": path}
     for argv, message in [(["--samples", "3"], "--samples 3 is too few to map; give 10 or more"),
                           (["--layers", "stage9"], "this cache has no layer stage9")]:
         code, _, err = run(main, ["map", str(cache_copy), *argv], capsys)
@@ -559,11 +575,16 @@ def test_suspects_are_the_train_images_whose_label_the_features_contradict(tmp_p
 def test_suspects_command_lists_pictures_and_writes_them(cache_copy, capsys):
     code, out, err = run(main, ["suspects", str(cache_copy), "--cv", "2", "--n-jobs", "1"], capsys)
     assert code == 0 and "out-of-fold logreg probabilities of 60 train images, 2 folds" in err
+    assert "| 6/6 [" in err  # a bar over the search's fits: 2 folds x 3 values of C
     count = int(out.split("\n")[1].split()[0])
     listed = [line for line in out.splitlines() if line.startswith("  train/")]
     assert count > 0 and len(listed) == min(10, count)
     csv_path = cache_copy.with_suffix(".suspects.csv")
     assert len(csv_path.read_text().splitlines()) == 1 + count
+    code, out, _ = run(main, ["suspects", str(cache_copy), "--cv", "2", "--n-jobs", "1", "--json"], capsys)
+    found = json.loads(out)
+    assert code == 0 and found["train_images"] == 60 and len(found["suspects"]) == count
+    assert [s["id"] for s in found["suspects"][:10]] == [line.split("\t")[0].strip() for line in listed]
     assert cache_copy.with_suffix(".suspects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, err = run(main, ["suspects", str(cache_copy), "--cv", "1"], capsys)
     assert code == 2 and err.strip() == "error: --cv must be 2 or more, not 1"
@@ -610,6 +631,11 @@ def test_duplicates_command_lists_and_pictures_pairs(cache_copy, capsys):
     assert [float(p[2]) for p in pairs] == sorted((float(p[2]) for p in pairs), reverse=True)
     assert len(cache_copy.with_suffix(".duplicates.csv").read_text().splitlines()) == 1 + count
     assert cache_copy.with_suffix(".duplicates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, _ = run(main, ["duplicates", str(cache_copy), "--threshold", "0.5", "--json"], capsys)
+    found = json.loads(out)
+    assert code == 0 and found["test_images"] == 60 and len(found["near_copies"]) == count
+    assert [[p["test_id"], p["train_id"], f"{p['similarity']:.3f}"] for p in found["near_copies"][:10]] == [
+        [p[0].strip(), p[1], p[2]] for p in pairs]
     for threshold in ("0", "1.5"):
         code, _, err = run(main, ["duplicates", str(cache_copy), "--threshold", threshold], capsys)
         assert code == 2 and err.startswith(f"error: --threshold {float(threshold)}: give a cosine similarity")

@@ -152,6 +152,10 @@ def test_rerun_reuses_the_cache_and_force_recomputes(lite_cache, sample_dir, cap
                          capsys)
     assert code == 0 and "reusing" in err and out.strip() == str(lite_cache)
     assert lite_cache.stat().st_mtime_ns == before
+    code, out, _ = run(main, ["efficientnet_lite0", str(sample_dir), "--cache-dir", str(lite_cache.parent), *QUICK,
+                              "--json"], capsys)
+    assert code == 0 and json.loads(out) == {"entries": [{"cache_file": str(lite_cache), "reused": True, "images": 0,
+                                                          "seconds": 0.0, "images_per_second": 0.0}]}
     code, out, err = run(main, ["efficientnet_lite0", str(sample_dir), "--cache-dir", str(lite_cache.parent),
                                 *QUICK, "--force", "--limit-per-class", "2"], capsys)
     assert code == 0 and "extracting" in err

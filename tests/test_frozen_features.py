@@ -164,3 +164,19 @@ def test_parameters_changed_after_fit_are_refused_not_written_under_the_fitted_k
     assert len(stored) == 1  # nothing was added under the average-pooled key
     np.testing.assert_array_equal(next(iter(stored.values())), average[0])
     assert restored.fit(paths[:1]).transform(paths[1:2]).shape == (1, 1280)  # refitted: fine
+
+
+def test_free_networks_lets_the_kept_networks_go_once_no_estimator_holds_them(images):
+    import gc
+    import weakref
+
+    paths, _ = images
+    features = FrozenFeatures(image_size=48, pool="max").fit(paths[:2])
+    network = weakref.ref(features._network())
+    del features
+    gc.collect()
+    assert network() is not None  # kept for the next fit of the same setting
+    assert FrozenFeatures(image_size=48, pool="max").fit(paths[:2])._network() is network()
+    FrozenFeatures.free_networks()
+    gc.collect()
+    assert network() is None

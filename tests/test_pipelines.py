@@ -96,34 +96,47 @@ def test_fit_temperature_finds_the_temperature_that_made_the_labels():
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_the_test_log_loss_is_of_the_best_checkpoints_softmax(flip, sample_dir, tiny_dataset, tmp_path):
+    """Against references outside the code under test: torchvision's transforms for the pixels, a grid over the
+    temperature for its fit, scikit-learn's log loss."""
+    from scipy.special import softmax
     from sklearn.metrics import log_loss
+    from torchvision import transforms
 
-    from classify.calibration import fit_temperature
-    from extract.preprocess import normalize, resize_and_crop
-    from pipelines.finetune.data import validation_split
+    from pipelines.finetune.data import validation_split  # its own test checks it (every class validated)
 
     config = FinetuneConfig(dataset=str(sample_dir), mode="head", out=str(tmp_path), flip=flip, **TINY)
     result = finetune(config, dataset=tiny_dataset, log=lambda m: None)
     model, preprocess, _ = prepare_model(config, len(tiny_dataset.class_names))
     model.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=True)["model"])
+    # the sample's images are 32 px, under the 48 px crop: resized up to it, the centre crop then keeps all of it
+    to_input = transforms.Compose([
+        transforms.Resize(48, interpolation=transforms.InterpolationMode(preprocess.interpolation)),
+        transforms.CenterCrop(48), transforms.ToTensor(), transforms.Normalize(preprocess.mean, preprocess.std)])
 
     def logits(split, rows):
-        pixels = torch.stack([resize_and_crop(split.image(i), preprocess) for i in rows])
+        inputs = torch.stack([to_input(split.image(i)) for i in rows])
         with torch.inference_mode():
-            inputs = normalize(pixels, preprocess, torch.device("cpu"))
             own = model.eval()(inputs).numpy()
             # --flip: each image scored by the mean of its logits and its mirror image's
             return (own + model(inputs.flip(-1)).numpy()) / 2 if flip else own
 
-    # the softmax temperature is fitted on the validation split, carved from train as for early stopping
+    # the softmax temperature is the one with the least log loss on the validation part carved from train
     train = tiny_dataset.splits["train"]
     _, val = validation_split(train.labels, config.val_fraction, config.seed)
-    assert result.temperature == pytest.approx(fit_temperature(logits(train, val), train.labels[val]), rel=1e-3)
+    val_logits = logits(train, val)
+    grid = np.geomspace(0.05, 20, 4001)
+    losses = [log_loss(train.labels[val], softmax(val_logits / t, axis=1), labels=range(10)) for t in grid]
+    assert result.temperature == pytest.approx(grid[int(np.argmin(losses))], rel=0.01)
     test = tiny_dataset.splits["test"]
-    probabilities = torch.from_numpy(logits(test, range(len(test))) / result.temperature).softmax(1).numpy()
+    probabilities = softmax(logits(test, range(len(test))) / result.temperature, axis=1)
     assert result.test_log_loss == pytest.approx(log_loss(test.labels, probabilities, labels=range(10)), rel=1e-3)
     assert result.test_predictions == probabilities.argmax(1).tolist()
-    assert 0 <= result.test_calibration_error <= 1
+    # expected calibration error, 10 equal-width confidence bins: sum over bins of |accuracy - confidence| x share
+    confidence, correct = probabilities.max(1), probabilities.argmax(1) == test.labels
+    bins = np.minimum((confidence * 10).astype(int), 9)
+    expected_error = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * np.mean(bins == b)
+                         for b in np.unique(bins))
+    assert result.test_calibration_error == pytest.approx(expected_error, abs=1e-3)
     # every test image's prediction as classify writes them, and the wrong ones pictured
     rows = [line.split(",") for line in (tmp_path / "predictions.csv").read_text().splitlines()[1:]]
     names = tiny_dataset.class_names
@@ -157,6 +170,12 @@ def test_predict_classifies_new_images_as_the_run_scored_its_test_split(flip, sa
         assert label == ("unsure" if float(expected) < 0.6 else predicted)
         unsure += label == "unsure"
     assert err == f"{unsure} of {len(lines)} images below probability 0.6: printed as unsure\n"
+    code, stdout, _ = run(main, ["predict", str(run_folder), *images, "--min-probability", "0.6", "--json"], capsys)
+    objects = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 0 and [o["path"] for o in objects] == [line[0] for line in lines]
+    assert [o["probability"] for o in objects] == pytest.approx([float(line[2]) for line in lines], abs=1e-3)
+    assert sum(o["unsure"] for o in objects) == unsure
+    assert [o["label"] for o in objects if not o["unsure"]] == [line[1] for line in lines if line[1] != "unsure"]
     # the run's softmax temperature is applied: a very high one leaves every class about equally likely
     record = json.loads((run_folder / "result.json").read_text())
     (run_folder / "result.json").write_text(json.dumps({**record, "temperature": 1e4}))
@@ -182,17 +201,25 @@ def test_predict_refuses_what_is_not_a_finished_run(sample_dir, tmp_path, capsys
 
 def test_compare_writes_the_report(sample_dir, tmp_path, capsys):
     out = tmp_path / "report"
-    code, stdout, _ = run(main, ["compare", "efficientnet_lite0", str(sample_dir), "--strategies",
-                                 "frozen,frozen-layers,head",
-                                 "--image-size", "48", "--limit-per-class", "4", "--epochs", "1", "--workers", "0",
-                                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json", "--balanced",
-                                 "--flip"],
-                       capsys)
+    code, stdout, err = run(main, ["compare", "efficientnet_lite0", str(sample_dir), "--strategies",
+                                   "frozen,frozen-layers,head",
+                                   "--image-size", "48", "--limit-per-class", "4", "--epochs", "1", "--workers", "0",
+                                   "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json", "--balanced",
+                                   "--flip", "--cv", "2", "--n-jobs", "1"],
+                         capsys)
     assert code == 0
+    assert "2-fold on 40 train samples" in err and "3-fold" not in err  # --cv reaches the frozen heads' searches
     rows = json.loads(stdout)
     assert [r["strategy"] for r in rows] == ["frozen", "frozen-layers", "head"]
-    assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
-    assert all(low <= r["test_accuracy"] <= high for r in rows for low, high in [r["test_accuracy_interval"]])
+    # each accuracy and its Wilson interval, from the strategy's saved predictions and the test folders' classes
+    truth = np.repeat(np.arange(10), 4)  # the first 4 test images of each class, classes in name order
+    for r in rows:
+        predicted = np.asarray(json.loads((out / r["strategy"] / "row.json").read_text())["test_predictions"])
+        p, n, z = float(np.mean(predicted == truth)), len(truth), 1.96
+        centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * np.sqrt(
+            p * (1 - p) / n + z * z / (4 * n * n))
+        assert r["test_accuracy"] == pytest.approx(p)
+        assert r["test_accuracy_interval"] == pytest.approx([centre - half, centre + half])
     assert rows[0]["detail"].split()[:3] in (["logreg", "on", "penultimate"], ["svm", "on", "penultimate"])
     assert rows[1]["detail"].startswith("logreg on ")  # the layer it chose by CV follows
     # --balanced: the frozen heads chose by cross-validated balanced accuracy, fine-tuning kept its checkpoint by it
@@ -424,23 +451,31 @@ def test_schedules_give_the_warm_up_and_decay_they_describe(schedule, warmup_epo
 
 def test_lp_ft_starts_from_the_probe_of_the_cached_features(sample_dir, tiny_dataset, tmp_path):
     """Epoch 0 of lp-ft is the network before any update, with the logistic-regression probe of the cached features
-    of the train part as its output layer: its validation accuracy is the probe's on the cached validation features."""
+    of the train part as its output layer: the network's validation accuracy on images is that of scikit-learn's
+    logistic regression (the C it logged, on standardised features) fitted on the cached train-part features."""
+    import re
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     from pipelines.finetune.data import validation_split
-    from pipelines.finetune.probe import fit_probe_head
 
     config = FinetuneConfig(dataset=str(sample_dir), mode="lp-ft", out=str(tmp_path / "run"),
                             cache_dir=str(tmp_path / "cache"), **TINY)
     messages = []
     result = finetune(config, dataset=tiny_dataset, log=messages.append)
     assert [row["epoch"] for row in result.history] == [0, 1]
+    (probe_line,) = [m for m in messages if "linear probe" in m]
+    chosen_c = float(re.search(r"C=([0-9.e-]+)", probe_line).group(1))
     train_rows, val_rows = validation_split(tiny_dataset.splits["train"].labels, config.val_fraction, config.seed)
-    head = fit_probe_head(config, tiny_dataset, train_rows, log=lambda m: None)
     (cache_file,) = (tmp_path / "cache").glob("*.h5")
     features, labels, ids = open_cache(cache_file).load("train")
     row_of = {sample_id: row for row, sample_id in enumerate(ids)}
-    val = np.asarray([row_of[tiny_dataset.splits["train"].ids[row]] for row in val_rows])
-    probe_accuracy = float(np.mean((features[val] @ head.weight.T + head.bias).argmax(1) == labels[val]))
-    assert result.history[0]["val_accuracy"] == probe_accuracy
+    train, val = ([row_of[tiny_dataset.splits["train"].ids[row]] for row in rows] for rows in (train_rows, val_rows))
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=chosen_c, max_iter=10_000))
+    reference.fit(features[train], labels[train])
+    assert result.history[0]["val_accuracy"] == pytest.approx(reference.score(features[val], labels[val]))
     assert any("linear probe" in m for m in messages) and any("epoch 0" in m for m in messages)
     # the mean gradient norm of an epoch's steps; epoch 0 took none (an empty CSV field)
     assert result.history[0]["grad_norm"] is None and 0 < result.history[1]["grad_norm"] < float("inf")

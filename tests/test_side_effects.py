@@ -38,3 +38,19 @@ def test_an_extractor_leaves_the_allocator_alone(monkeypatch):
     monkeypatch.setattr(ctypes, "CDLL", lambda *args, **kwargs: loaded.append(args))
     Extractor(backbone, "avg", ExtractionSettings(device="cpu", workers=0))
     assert loaded == []
+
+
+def test_library_fine_tuning_and_comparison_draw_bars_only_when_asked(sample_dir, tmp_path, capsys):
+    from pipelines.compare import compare
+    from pipelines.finetune import FinetuneConfig
+
+    config = FinetuneConfig(dataset=str(sample_dir), image_size=48, limit_per_class=4, epochs=1, batch_size=16,
+                            workers=0)
+    quiet = lambda message: None  # noqa: E731
+    compare(config, ["frozen", "lp-ft"], str(tmp_path / "cache"), str(tmp_path / "quiet"), log=quiet)
+    assert capsys.readouterr().err == ""
+    compare(config, ["frozen", "lp-ft"], str(tmp_path / "cache2"), str(tmp_path / "shown"), log=quiet,
+            progress=True)
+    bars = capsys.readouterr().err
+    for step in ("train:", "test:", "lp-ft epoch 1/1", "validation:", "logreg:"):  # extract, train, passes, search
+        assert step in bars

@@ -42,7 +42,7 @@ class ProbeHead:
 
 
 def extract_features(config: FinetuneConfig, log: Callable[[str], None], layers: str = DEFAULT_LAYER,
-                     flip: bool = False, cache_dir: str | None = None) -> ExtractResult:
+                     flip: bool = False, cache_dir: str | None = None, progress: bool = False) -> ExtractResult:
     """The run's dataset through the feature cache (`config.cache_dir` unless given), as the run's backbone, weights,
     input size and precision give them: what lp-ft's probe and compare's frozen strategies read."""
     settings = ExtractionSettings(batch_size=max(config.batch_size, 32), device=config.device,
@@ -51,13 +51,13 @@ def extract_features(config: FinetuneConfig, log: Callable[[str], None], layers:
         backbone=config.backbone, dataset=config.dataset, weights=config.weights, image_size=config.image_size,
         layers=layers, flip=flip, limit_per_class=config.limit_per_class,
         train_per_class=config.train_per_class, data_root=config.data_root,
-        cache_dir=cache_dir or config.cache_dir, settings=settings), log=log)
+        cache_dir=cache_dir or config.cache_dir, settings=settings, progress=progress), log=log)
 
 
 def fit_probe_head(config: FinetuneConfig, dataset: Dataset, train_rows: np.ndarray,
-                   log: Callable[[str], None]) -> ProbeHead:
+                   log: Callable[[str], None], progress: bool = False) -> ProbeHead:
     """Features of the train part through the cache, the probe chosen by cross-validation, folded to one layer."""
-    extracted = extract_features(config, log)
+    extracted = extract_features(config, log, progress=progress)
     features, labels, ids = open_cache(extracted.path).load("train")
     row_of = {sample_id: row for row, sample_id in enumerate(ids)}
     wanted = [dataset.splits["train"].ids[row] for row in train_rows]

@@ -114,10 +114,10 @@ def _resume(path: Path, config: FinetuneConfig, device: torch.device, model: nn.
 
 
 def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], None] = _logger.info,
-             dataset: Dataset | None = None) -> FinetuneResult:
+             dataset: Dataset | None = None, progress: bool = False) -> FinetuneResult:
     """Train, early-stop on validation accuracy (balanced accuracy with `config.balanced`), evaluate the best
     checkpoint once on the test split. With `resume`, continue the run in `config.out` from its last epoch: the
-    same history and weights as a run never stopped."""
+    same history and weights as a run never stopped. `progress`: bars over each pass on stderr, as the CLI shows."""
     config.validate()
     ranks = world(config.device)
     if not ranks.is_main:
@@ -143,11 +143,11 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     # every feature at the first step, and the probe with them
     trainer = Trainer(model, preprocess, device, config.precision, ranks, balanced_class_weights(
         train_labels[loaders.train_rows], n_classes) if config.balanced else None, config.flip,
-        keep_norm_statistics=config.mode == "lp-ft")
+        keep_norm_statistics=config.mode == "lp-ft", progress=progress)
     last_path, best_path = out / "last.pt", out / "best.pt"
-    progress = _Progress()
+    state = _Progress()
     if resume and last_path.exists():
-        progress = _resume(last_path, config, device, model, optimizer, schedule, loaders.train, log)
+        state = _resume(last_path, config, device, model, optimizer, schedule, loaders.train, log)
     elif resume:
         log(f"nothing to resume in {out}; starting from epoch 1")
 
@@ -159,32 +159,32 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
         + (f", {ranks.size} processes" if ranks.distributed else "")
         + (", classes weighted alike, checkpoints by validation balanced accuracy" if config.balanced else "")
         + (", validation and test images scored with their mirror images" if config.flip else ""))
-    stale = sum(1 for row in progress.history if row["epoch"] > progress.best_epoch)
+    stale = sum(1 for row in state.history if row["epoch"] > state.best_epoch)
 
     def record(row: dict) -> None:
         """An epoch's row: the log, the best checkpoint, the last one (with the random states), the history files."""
         nonlocal stale
-        progress.history.append(row)
+        state.history.append(row)
         log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, train acc {row['train_accuracy']:.4f}, val acc "
             f"{row['val_accuracy']:.4f}" + (f", val balanced acc {row['val_balanced_accuracy']:.4f}"
                                            if config.balanced else "") + f" ({row['seconds']:.1f} s)")
         val_score = row[config.validation_score]
-        improved = val_score > progress.best_val
+        improved = val_score > state.best_val
         if improved:
-            progress.best_val, progress.best_epoch, stale = val_score, row["epoch"], 0
+            state.best_val, state.best_epoch, stale = val_score, row["epoch"], 0
         else:
             stale += 1
-        progress.epoch = row["epoch"]
+        state.epoch = row["epoch"]
         if ranks.is_main:
             if improved:
                 save_atomically({"model": model.state_dict(), "epoch": row["epoch"],
                                  config.validation_score: val_score}, best_path)
             save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "history": progress.history, "best_val": progress.best_val,
-                             "best_epoch": progress.best_epoch, "epoch": row["epoch"], "config": comparable(config),
-                             "train_seconds": progress.train_seconds, "train_images": progress.train_images,
+                             "history": state.history, "best_val": state.best_val,
+                             "best_epoch": state.best_epoch, "epoch": row["epoch"], "config": comparable(config),
+                             "train_seconds": state.train_seconds, "train_images": state.train_images,
                              "random_states": random_states(loaders.train.generator)}, last_path)
-            write_history(progress.history, out)
+            write_history(state.history, out)
 
     def validation_row(epoch: int, train_loss: float, train_acc: float, started: float,
                        grad_norm: float | None) -> dict:
@@ -195,29 +195,29 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
                 "seconds": time.perf_counter() - started, "lr_head": optimizer.param_groups[0]["lr"],
                 "grad_norm": grad_norm}
 
-    if config.mode == "lp-ft" and not progress.history:
+    if config.mode == "lp-ft" and not state.history:
         started = time.perf_counter()
-        probe = fit_probe_head(config, dataset, loaders.train_rows, log)
+        probe = fit_probe_head(config, dataset, loaders.train_rows, log, progress)
         load_into(model.get_submodule(head), probe)
         log("epoch 0 is the network before any update, the probe its output layer")
         record(validation_row(0, probe.train_loss, probe.train_accuracy, started, None))
-    for epoch in range(progress.epoch + 1, config.epochs + 1):
+    for epoch in range(state.epoch + 1, config.epochs + 1):
         if stale >= config.patience:
             log(f"early stop: validation {'balanced ' * config.balanced}accuracy has not improved for "
                 f"{config.patience} epochs")
             break
         epoch_start = time.perf_counter()
         with tqdm(total=len(loaders.train_rows), unit="img", desc=f"{config.mode} epoch {epoch}/{config.epochs}",
-                  file=sys.stderr, leave=False, dynamic_ncols=True, disable=not ranks.is_main) as bar:
+                  file=sys.stderr, leave=False, dynamic_ncols=True, disable=not (progress and ranks.is_main)) as bar:
             train_loss, train_acc, seen, grad_norm = trainer.train_epoch(loaders.train, optimizer, schedule, bar,
                                                                          epoch)
-        progress.train_seconds += time.perf_counter() - epoch_start
-        progress.train_images += seen
+        state.train_seconds += time.perf_counter() - epoch_start
+        state.train_images += seen
         record(validation_row(epoch, train_loss, train_acc, epoch_start, grad_norm))
 
     ranks.barrier()  # best.pt is written
     model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
-    result, probabilities = _test(trainer, loaders, dataset, config, progress, trainable, total, out, log)
+    result, probabilities = _test(trainer, loaders, dataset, config, state, trainable, total, out, log)
     if ranks.is_main:
         # with what `python -m pipelines predict` needs to rebuild the model and feed it as the test split was
         (out / "result.json").write_text(json.dumps({**result.to_dict(), "config": asdict(config),
@@ -229,19 +229,19 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
                               probabilities, dataset.class_names,
                               f"{config.backbone} fine-tuned ({config.mode}): wrong test images, true -> predicted")
     log(f"{config.mode}: test accuracy {result.test_accuracy:.4f}, balanced accuracy "
-        f"{result.test_balanced_accuracy:.4f} (best epoch {progress.best_epoch}, val {progress.best_val:.4f}), "
+        f"{result.test_balanced_accuracy:.4f} (best epoch {state.best_epoch}, val {state.best_val:.4f}), "
         f"log loss {result.test_log_loss:.4f}, calibration error {result.test_calibration_error:.4f}\n"
         f"{format_by_confidence(result.test_by_confidence)}")
     return result
 
 
-def _test(trainer: Trainer, loaders: _Loaders, dataset: Dataset, config: FinetuneConfig, progress: _Progress,
+def _test(trainer: Trainer, loaders: _Loaders, dataset: Dataset, config: FinetuneConfig, state: _Progress,
           trainable: int, total: int, out: Path, log: Callable[[str], None]) -> tuple[FinetuneResult, np.ndarray]:
     """The loaded checkpoint's softmax temperature, fitted on the validation split, then its one test: the result
     and the test probabilities."""
     test_start = time.perf_counter()
     n_classes = len(dataset.class_names)
-    val_logits = trainer.logits(loaders.val, n_classes)
+    val_logits = trainer.logits(loaders.val, n_classes, "validation")
     val_labels = dataset.splits["train"].labels[loaders.val_rows]
     temperature = fit_temperature(val_logits, val_labels)
     log(f"softmax temperature {temperature:.3f}, fitted on the validation split: its log loss "
@@ -249,16 +249,16 @@ def _test(trainer: Trainer, loaders: _Loaders, dataset: Dataset, config: Finetun
         f"{softmax_log_loss(val_logits, val_labels, temperature):.4f}")
     probabilities = softmax(trainer.logits(loaders.test, n_classes), temperature)
     predictions = probabilities.argmax(1)
-    seconds = sum(row["seconds"] for row in progress.history) + time.perf_counter() - test_start
+    seconds = sum(row["seconds"] for row in state.history) + time.perf_counter() - test_start
     evaluation = evaluate(dataset.splits["test"].labels, predictions, dataset.class_names, probabilities)
     return FinetuneResult(
         strategy=config.mode, test_accuracy=evaluation.accuracy, test_accuracy_interval=evaluation.accuracy_interval,
         test_balanced_accuracy=evaluation.balanced_accuracy, macro_f1=evaluation.macro_f1,
         test_log_loss=evaluation.log_loss, test_calibration_error=evaluation.calibration_error,
         test_by_confidence=evaluation.by_confidence, temperature=temperature,
-        best_epoch=progress.best_epoch, epochs_run=sum(1 for row in progress.history if row["epoch"] > 0),
+        best_epoch=state.best_epoch, epochs_run=sum(1 for row in state.history if row["epoch"] > 0),
         trainable_params=trainable, total_params=total, seconds=seconds,
-        train_images_per_second=progress.train_images / max(progress.train_seconds, 1e-9), history=progress.history,
+        train_images_per_second=state.train_images / max(state.train_seconds, 1e-9), history=state.history,
         test_predictions=predictions.tolist(), out=str(out)), probabilities
 
 

@@ -4,6 +4,7 @@ torchrun), and the logits of validation and test images, mirrored too with --fli
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
+from tqdm import tqdm
 
 from extract.distributed import World
 from extract.layers import mirror_mean
@@ -28,8 +30,10 @@ def scored_logits(model: nn.Module, inputs: torch.Tensor, flip: bool) -> torch.T
 
 class Trainer:
     def __init__(self, model: nn.Module, preprocess: Preprocess, device: torch.device, precision: str, ranks: World,
-                 class_weights: torch.Tensor | None = None, flip: bool = False, keep_norm_statistics: bool = False):
+                 class_weights: torch.Tensor | None = None, flip: bool = False, keep_norm_statistics: bool = False,
+                 progress: bool = False):
         self.model, self.preprocess, self.device, self.ranks, self.flip = model, preprocess, device, ranks, flip
+        self.progress = progress and ranks.is_main  # bars over the validation and test passes on stderr
         self.keep_norm_statistics = keep_norm_statistics  # batch norms use their running statistics in training
         # gradients are averaged across ranks by DDP; evaluation runs the plain model on each rank's share
         self.train_model = DistributedDataParallel(
@@ -71,22 +75,27 @@ class Trainer:
         finite = [norm for norm in norms if math.isfinite(norm)]  # fp16 steps that overflowed were skipped
         return total_loss / seen, correct / seen, seen, float(np.mean(finite)) if finite else None
 
-    def predict(self, loader) -> np.ndarray:
+    def predict(self, loader, desc: str = "validation") -> np.ndarray:
         """Predicted classes of the loader's images (what validation needs each epoch: one number per image)."""
-        return self._per_image(loader, lambda logits: logits.argmax(1), np.zeros(0, dtype=np.int64))
+        return self._per_image(loader, lambda logits: logits.argmax(1), np.zeros(0, dtype=np.int64), desc)
 
-    def logits(self, loader, n_classes: int) -> np.ndarray:
+    def logits(self, loader, n_classes: int, desc: str = "test") -> np.ndarray:
         """The model's outputs for the loader's images (float32), for the temperature and the test probabilities."""
-        return self._per_image(loader, lambda logits: logits.float(), np.zeros((0, n_classes), dtype=np.float32))
+        return self._per_image(loader, lambda logits: logits.float(), np.zeros((0, n_classes), dtype=np.float32),
+                               desc)
 
     @torch.inference_mode()
-    def _per_image(self, loader, reduce: Callable[[torch.Tensor], torch.Tensor], empty: np.ndarray) -> np.ndarray:
+    def _per_image(self, loader, reduce: Callable[[torch.Tensor], torch.Tensor], empty: np.ndarray,
+                   desc: str) -> np.ndarray:
         """`reduce` of the model's logits for the loader's images; under torchrun, every rank's share joined in
         order."""
         self.model.eval()
         parts = [empty]
-        for images, _ in batches(loader):
-            with autocast(self.precision, self.device):
-                logits = scored_logits(self.model, self.inputs(images), self.flip)
-            parts.append(reduce(logits).cpu().numpy())
+        with tqdm(total=len(loader.dataset), unit="img", desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
+                  disable=not self.progress) as bar:
+            for images, _ in batches(loader):
+                with autocast(self.precision, self.device):
+                    logits = scored_logits(self.model, self.inputs(images), self.flip)
+                parts.append(reduce(logits).cpu().numpy())
+                bar.update(len(images))
         return np.concatenate(self.ranks.gather(np.concatenate(parts)))
