@@ -1,16 +1,17 @@
 """The advisor's calibration: every candidate strategy on every dataset family we have, then the rule checked with
 one family left out at a time (by hand, not in the test suite).
 
-    python bench/calibration_datasets.py /tmp/calib --per-class 250     # the synthetic far-from-ImageNet folders
-    python bench/advisor_calibration.py outcomes /tmp/calib [--only NAME,...]   # CPU: about an hour, resumable
-    python bench/advisor_calibration.py signals /tmp/calib               # advise's signals on each set: minutes
+    python bench/calibration_datasets.py /tmp/calib --per-class 1000    # the synthetic far-from-ImageNet folders
+    python bench/advisor_calibration.py outcomes /tmp/calib [--only NAME,...]   # CPU: about 2 hours, resumable
+    python bench/advisor_calibration.py signals /tmp/calib               # advise on each set: minutes
     python bench/advisor_calibration.py table                            # the tables, as Markdown
 
 `outcomes` runs `compare` with every candidate strategy on the same split of each set (the test split whole, the
 train split cut to the size named), at one budget (BUDGET below); an interrupted run continues where it stopped.
-CIFAR-10 at 1,000 and 5,000 a class are read from the committed reports instead (their budget is stated).
-`signals` runs `advise` on each set as a user would. `table` prints the outcome table, the rule's verdict on each
-set with the rule fitted on the other families, and the signals. Everything lands in OUT (reports/advisor-calibration).
+CIFAR-10 at 20, 50, 1,000 and 5,000 a class and shuffled CIFAR-10 at 1,000 are read from the committed reports
+instead (their budget is stated). `signals` runs `advise` on each set as a user would, at the budget's input size.
+`table` prints the outcomes, the rule on each set fitted with and without its family, the gains `advise` prints,
+and its times against the measured ones. Everything lands in OUT (reports/advisor-calibration).
 """
 
 from __future__ import annotations

@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_layers_argument(feature_map, "which cached layers to draw, separated by commas (default: penultimate)")
     feature_map.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                              help=f"train images to draw, picked at random (default {DEFAULT_SAMPLES}: about 10 s)")
+    feature_map.add_argument("--seed", type=int, default=0,
+                             help="which images are drawn, and the t-SNE layout (default 0)")
     suspects = commands.add_parser(
         "suspects", help="rank train images by how much the features disagree with their labels",
         description="Predicts every train image by a logistic regression trained on the other cross-validation "
@@ -155,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_json_argument(suspects)
     add_layers_argument(suspects, "which cached layers to use, separated by commas (default: penultimate)")
     add_search_arguments(suspects)
+    suspects.add_argument("--seed", type=int, default=0, help="shuffles the cross-validation folds (default 0)")
     duplicates = commands.add_parser(
         "duplicates", help="find test images that are near-copies of train images",
         description="For each test image, the train image whose features are most similar (cosine); a test image "
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         from classify.suspects import find_suspects
 
         found = find_suspects(cache_file, args.layer, args.cv, args.n_jobs,
-                              log=lambda message: print(message, file=sys.stderr), progress=True)
+                              log=lambda message: print(message, file=sys.stderr), progress=True, seed=args.seed)
         if args.json:
             print(json.dumps(suspects_json(found)))
         else:
@@ -267,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "map":
         from classify.feature_map import feature_map
 
-        png = feature_map(cache_file, args.layer, args.samples, log=lambda message: print(message, file=sys.stderr))
+        png = feature_map(cache_file, args.layer, args.samples, log=lambda message: print(message, file=sys.stderr),
+                          seed=args.seed)
         print(json.dumps({"map_png": str(png)}) if args.json else png)
         return 0
 

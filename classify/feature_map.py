@@ -63,15 +63,15 @@ def plot_feature_map(coords: np.ndarray, labels: np.ndarray, class_names: list[s
 
 
 def feature_map(cache_path: str | Path, layer: str | None = None, samples: int = DEFAULT_SAMPLES,
-                log: Callable[[str], None] = _logger.info) -> Path:
-    """t-SNE map of up to `samples` train images of a cache (drawn at random, the same on every run), written
-    beside the cache as FILE[.LAYER].map.png."""
+                log: Callable[[str], None] = _logger.info, seed: int = 0) -> Path:
+    """t-SNE map of up to `samples` train images of a cache (drawn at random by `seed`, the same on every run),
+    written beside the cache as FILE[.LAYER].map.png."""
     if samples < MIN_SAMPLES:
         raise UsageError(f"--samples {samples} is too few to map; give {MIN_SAMPLES} or more")
     cache = open_cache(cache_path)
     selector = LayerSelector(cache.layout, layer or default_layer(cache.layout))
     features, labels, _ = cache.load("train")
-    picked = np.sort(np.random.default_rng(0).permutation(len(labels))[:samples])
+    picked = np.sort(np.random.default_rng(seed).permutation(len(labels))[:samples])
     features, labels = features[picked], labels[picked]
     features = selector.fit(features).transform(features)
     log(f"t-SNE of {len(labels)} train images x {features.shape[1]} {selector.layer} features")
@@ -79,4 +79,4 @@ def feature_map(cache_path: str | Path, layer: str | None = None, samples: int =
     path = Path(f"{base}.{layer}.map.png" if layer else f"{base}.map.png")
     title = (f"{cache.info.backbone} {selector.layer} features of {cache.info.dataset}: "
              f"{len(labels)} train images, t-SNE")
-    return plot_feature_map(embed(features), labels, cache.class_names, path, title)
+    return plot_feature_map(embed(features, seed), labels, cache.class_names, path, title)

@@ -43,11 +43,11 @@ class Suspects:
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, layout: dict, layer: str, cv: int,
-                              n_jobs: int, progress: bool = False) -> tuple[np.ndarray, dict]:
+                              n_jobs: int, progress: bool = False, seed: int = 0) -> tuple[np.ndarray, dict]:
     """Each row's class probabilities from a logreg head trained on the other folds, and the parameters chosen;
     `progress`: a bar over the search's fits."""
     estimator = build_head("logreg", layout, layer)
-    folds = StratifiedKFold(cv, shuffle=True, random_state=0)
+    folds = StratifiedKFold(cv, shuffle=True, random_state=seed)
     grid = parse_grid(None, "logreg")
     search = GridSearchCV(estimator, grid, cv=folds, n_jobs=n_jobs, refit=False)
     with fits_bar(cv * int(np.prod([len(values) for values in grid.values()])), "suspects", progress):
@@ -66,10 +66,10 @@ def rank_suspects(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
 
 
 def find_suspects(cache_path: str | Path, layer: str | None = None, cv: int = 3, n_jobs: int = -1,
-                  log: Callable[[str], None] = _logger.info, progress: bool = False) -> Suspects:
+                  log: Callable[[str], None] = _logger.info, progress: bool = False, seed: int = 0) -> Suspects:
     """Rank the cache's train images by how much the features disagree with their labels; write FILE.suspects.csv
     (every suspect) and, for image folders and tables, FILE.suspects.png (the first GALLERY_SIZE). `progress`: a
-    bar over the search's fits on stderr."""
+    bar over the search's fits on stderr; `seed` shuffles the folds."""
     cache = open_cache(cache_path)
     features, labels, ids = cache.load("train")
     check_cv(cv, labels)
@@ -77,7 +77,7 @@ def find_suspects(cache_path: str | Path, layer: str | None = None, cv: int = 3,
     LayerSelector(cache.layout, chosen).fit(features[:2])  # an unknown --layers fails here, before any work
     log(f"suspects: out-of-fold logreg probabilities of {len(labels)} train images, {cv} folds, {chosen} features")
     started = time.perf_counter()
-    found, best_params = out_of_fold_probabilities(features, labels, cache.layout, chosen, cv, n_jobs, progress)
+    found, best_params = out_of_fold_probabilities(features, labels, cache.layout, chosen, cv, n_jobs, progress, seed)
     probabilities = np.zeros((len(labels), len(cache.class_names)))
     probabilities[:, np.unique(labels)] = found  # a class without train images has no column of its own
     rows = rank_suspects(labels, probabilities)

@@ -20,7 +20,7 @@ from extract.options import (
     add_skip_bad_argument,
 )
 from extract.paths import name_in_paths
-from extract.runtime import keep_freed_memory
+from extract.runtime import PRECISIONS, keep_freed_memory
 from extract.store import DEFAULT_CACHE_DIR
 from pipelines.advise import (
     DEFAULT_BUDGET_MINUTES,
@@ -71,6 +71,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("backbone", help="backbone name, as for python -m extract")
     parser.add_argument("dataset", help="dataset name or image folder, as for python -m extract")
     parser.add_argument("--weights", default=None, help="as for python -m extract (default: pretrained)")
+    add_skip_bad_argument(parser)
     parser.add_argument("--unfreeze-from", default=None, metavar="BLOCK",
                         help="first block to train in --mode partial (an unknown name lists the blocks)")
     add_data_arguments(parser)
@@ -101,8 +102,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="for the validation split, initialisation and shuffling (default 0)")
     add_device_argument(parser)
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                        help="training precision (mixed precision with autocast when not fp32)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="training precision (mixed precision with autocast when not fp32); auto picks bf16 where "
+                             "the CPU or GPU computes it natively, as for python -m extract, and the run records which")
     parser.add_argument("--workers", type=int, default=None,
                         help="image-decoding processes (default: none on a CPU of 2 cores or fewer, else cores - 1, "
                              "up to 8; with a GPU every core, up to 8)")
@@ -136,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--out", default=None,
                         help="report folder for --run (default reports/BACKBONE-DATASET-advised)")
     add_json_argument(advise)
+    add_skip_bad_argument(advise)
     tune = commands.add_parser("finetune", help="fine-tune a backbone on a dataset")
     add_training_arguments(tune)
     tune.add_argument("--mode", choices=MODES, default="full",
@@ -252,7 +255,7 @@ def run_advise(args: argparse.Namespace, slug: str, log) -> int:
     settings = ExtractionSettings(workers=args.workers)
     advice = advise(args.dataset, args.backbone, args.probe_per_class, args.image_size, args.cache_dir,
                     args.data_root, args.limit_per_class, settings, log=log, budget_minutes=args.budget,
-                    epochs=args.epochs, progress=True)
+                    epochs=args.epochs, progress=True, skip_bad=args.skip_bad)
     output = advice.to_dict()
     if not args.json:
         print(format_advice(advice))
@@ -260,7 +263,7 @@ def run_advise(args: argparse.Namespace, slug: str, log) -> int:
         out = args.out or f"reports/{name_in_paths(args.backbone)}-{slug}-advised"
         config = FinetuneConfig(backbone=args.backbone, dataset=args.dataset, image_size=args.image_size,
                                 limit_per_class=args.limit_per_class, data_root=args.data_root, workers=args.workers,
-                                epochs=args.epochs)
+                                epochs=args.epochs, skip_bad=args.skip_bad)
         (row,) = compare(config, [advice.strategy], args.cache_dir, out, log=log, progress=True)
         output["result"] = without_predictions(row)
         if not args.json:

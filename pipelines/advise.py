@@ -143,13 +143,13 @@ def imagenet_confidence(logits: np.ndarray) -> tuple[float, float]:
 def measure_similarity(dataset: str, backbone: str = DEFAULT_BACKBONE, probe_per_class: int = PROBE_PER_CLASS,
                        image_size: int | None = None, cache_dir: str = DEFAULT_CACHE_DIR, data_root: str = "data",
                        settings: ExtractionSettings | None = None, log: Callable[[str], None] = _logger.info,
-                       progress: bool = False) -> dict:
+                       progress: bool = False, skip_bad: bool = False) -> dict:
     """The probe's signals, from every stage, the penultimate layer and the logits of the probe sample."""
     try:
         extracted = extract_to_cache(ExtractRequest(
             backbone=backbone, dataset=dataset, layers="all,logits", image_size=image_size,
             limit_per_class=probe_per_class, data_root=data_root, cache_dir=cache_dir,
-            settings=settings or ExtractionSettings(), progress=progress), log=log)
+            settings=settings or ExtractionSettings(), progress=progress, skip_bad=skip_bad), log=log)
     except NoLogitsError:
         raise UsageError(f"the advisor reads ImageNet-1k class scores, and {backbone} was built without a "
                          "classifier; advise with an ImageNet-1k backbone (the default), then run the one you like"
@@ -227,10 +227,10 @@ def advise(dataset: str, backbone: str = DEFAULT_BACKBONE, probe_per_class: int 
            image_size: int | None = None, cache_dir: str = DEFAULT_CACHE_DIR, data_root: str = "data",
            limit_per_class: int | None = None, settings: ExtractionSettings | None = None,
            log: Callable[[str], None] = _logger.info, budget_minutes: float = DEFAULT_BUDGET_MINUTES,
-           epochs: int = DEFAULT_EPOCHS, progress: bool = False) -> Advice:
+           epochs: int = DEFAULT_EPOCHS, progress: bool = False, skip_bad: bool = False) -> Advice:
     """Measure, then recommend the cheapest strategy expected within about a point of the best that fits
     `budget_minutes` here (fine-tuning for `epochs` epochs), with the command that runs it. `progress`: a bar over
-    the probe's images on stderr."""
+    the probe's images on stderr; `skip_bad`: unreadable probe images left out, each named, as extract does."""
     if probe_per_class < 2:
         raise UsageError(f"--probe-per-class must be 2 or more, not {probe_per_class}")
     if not budget_minutes > 0:
@@ -251,7 +251,7 @@ def advise(dataset: str, backbone: str = DEFAULT_BACKBONE, probe_per_class: int 
                            f"images (the advisor measures from {MIN_PER_CLASS}); frozen is the safe choice")
     probe = min(probe_per_class, limit_per_class or probe_per_class)
     signals = {**sized, **measure_similarity(dataset, backbone, probe, image_size, cache_dir, data_root, settings,
-                                             log, progress)}
+                                             log, progress, skip_bad)}
     speeds = measure_speeds(backbone, image_size, size_signals["classes"])
     signals.update(extract_images_per_second=speeds.extract, train_images_per_second=speeds.train)
     choice = choose_strategy(signals)

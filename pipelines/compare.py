@@ -83,7 +83,7 @@ def compare(config: FinetuneConfig, strategies: list[str], cache_dir: str, out: 
     too long for one sitting is finished by running the same command again with --resume. `dataset`: the config's,
     already resolved (`run_dataset`). `progress`: bars over each long step on stderr, as the CLI shows. `cv` and
     `n_jobs`: the frozen strategies' head searches (folds at most the smallest class's train images)."""
-    dataset = run_dataset(config, dataset)
+    dataset = run_dataset(config, dataset, log)
     out_dir = make_folder(out, "--out")
     rows, histories = [], {}
     for strategy in strategies:

@@ -16,6 +16,7 @@ from extract.datasets import resolve_dataset
 from extract.errors import UsageError, make_folder
 from pipelines.compare import FROZEN_STRATEGIES, compare
 from pipelines.finetune import FinetuneConfig
+from pipelines.finetune.data import without_unreadable
 from pipelines.report import plot_learning_curve, without_predictions
 
 _logger = logging.getLogger(__name__)  # the library's lines; the CLIs pass their own `log`
@@ -39,6 +40,7 @@ def learning_curve(config: FinetuneConfig, strategies: list[str], sizes: list[in
     """`compare` at each size in `OUT/train-N/`, then `OUT/report.md` with the curve. A size at or above the largest
     class is the whole train split (the same run as a comparison without a limit, so `--resume` reads it back)."""
     full = resolve_dataset(config.dataset, config.data_root, config.limit_per_class)
+    full = without_unreadable(full, log) if config.skip_bad else full
     largest = int(np.bincount(full.splits["train"].labels).max())
     out_dir = make_folder(out, "--out")
     points: dict[int, list[dict]] = {}

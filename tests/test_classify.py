@@ -422,6 +422,9 @@ def test_map_draws_a_cache_beside_it(cache_copy, capsys):
     assert Image.open(path).size[0] > 500
     code, out, _ = run(main, ["map", str(cache_copy), "--samples", "40", "--json"], capsys)
     assert code == 0 and json.loads(out) == {"map_png": path}
+    drawn = Image.open(path).tobytes()
+    code, _, err = run(main, ["map", str(cache_copy), "--samples", "40", "--seed", "1"], capsys)
+    assert code == 0 and Image.open(path).tobytes() != drawn  # other images drawn, another layout
     for argv, message in [(["--samples", "3"], "--samples 3 is too few to map; give 10 or more"),
                           (["--layers", "stage9"], "this cache has no layer stage9")]:
         code, _, err = run(main, ["map", str(cache_copy), *argv], capsys)
@@ -584,6 +587,10 @@ def test_suspects_command_lists_pictures_and_writes_them(cache_copy, capsys):
     code, out, _ = run(main, ["suspects", str(cache_copy), "--cv", "2", "--n-jobs", "1", "--json"], capsys)
     found = json.loads(out)
     assert code == 0 and found["train_images"] == 60 and len(found["suspects"]) == count
+    # --seed shuffles the folds: another seed, other out-of-fold probabilities; the same seed, the same
+    again, other = (json.loads(run(main, ["suspects", str(cache_copy), "--cv", "2", "--n-jobs", "1", "--json", *seed],
+                                   capsys)[1]) for seed in ([], ["--seed", "1"]))
+    assert again["suspects"] == found["suspects"] and other["suspects"] != found["suspects"]
     assert [s["id"] for s in found["suspects"][:10]] == [line.split("\t")[0].strip() for line in listed]
     assert cache_copy.with_suffix(".suspects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, err = run(main, ["suspects", str(cache_copy), "--cv", "1"], capsys)

@@ -340,6 +340,19 @@ def test_an_unreadable_image_stops_fine_tuning_with_its_name(sample_dir, tmp_pat
                               str(tmp_path / "run")], capsys)
     last = err.strip().splitlines()[-1]  # one line at the end, even from a loader worker process
     assert code == 2 and "error: cannot read 1 image(s): train/cat/0000.jpg" in last and "Traceback" not in err
+    # --skip-bad: read through once, the unreadable image named and left out of training; frozen strategies too
+    (data / "test" / "ship" / "0001.jpg").write_bytes(b"not a jpeg either")
+    code, out, err = run(main, ["compare", "efficientnet_lite0", str(data), "--strategies", "frozen,head", "--epochs",
+                                "1", "--image-size", "48", "--limit-per-class", "4", "--workers", "0", "--skip-bad",
+                                "--cv", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "report"),
+                                "--json"], capsys)
+    assert code == 0, err
+    assert "skipped unreadable: train/cat/0000.jpg" in err and "skipped unreadable: test/ship/0001.jpg" in err
+    assert [row["strategy"] for row in json.loads(out)] == ["frozen", "head"]
+    saved = {name: json.loads((tmp_path / "report" / name / "row.json").read_text()) for name in ("frozen", "head")}
+    assert len(saved["frozen"]["test_predictions"]) == len(saved["head"]["test_predictions"]) == 39  # 40 less 1
+    head = json.loads((tmp_path / "report" / "head" / "result.json").read_text())
+    assert head["config"]["skip_bad"]
 
 
 def test_fine_tuning_warns_of_test_images_copied_from_train(sample_dir, tmp_path):
@@ -594,3 +607,21 @@ def test_a_history_resumed_from_an_earlier_version_writes_every_column(tmp_path,
     write_history([old, {**old, "epoch": 2, "grad_norm": 3.5}], tmp_path)
     assert (tmp_path / "history.csv").read_text().splitlines() == [
         "epoch,train_loss,train_accuracy,val_accuracy,grad_norm", "1,1.0,0.5,0.4,", "2,1.0,0.5,0.4,3.5"]
+
+
+def test_auto_precision_is_resolved_for_the_machine_and_recorded(sample_dir, tiny_dataset, tmp_path, monkeypatch):
+    import pipelines.finetune.run
+    import pipelines.finetune.trainer
+    from pipelines.__main__ import build_parser
+
+    assert build_parser().parse_args(["finetune", "b", "d", "--precision", "auto"]).precision == "auto"
+    asked, used = [], []
+    monkeypatch.setattr(pipelines.finetune.run, "resolve_precision",
+                        lambda precision, device: asked.append(precision) or "bf16")  # as on a bf16-native CPU
+    original = pipelines.finetune.trainer.autocast
+    monkeypatch.setattr(pipelines.finetune.trainer, "autocast",
+                        lambda precision, device: used.append(precision) or original(precision, device))
+    config = FinetuneConfig(dataset=str(sample_dir), mode="head", out=str(tmp_path), precision="auto", **TINY)
+    finetune(config, dataset=tiny_dataset, log=lambda m: None)
+    assert asked == ["auto"] and set(used) == {"bf16"}  # training and scoring in what auto resolved to
+    assert json.loads((tmp_path / "result.json").read_text())["config"]["precision"] == "bf16"  # predict reads it

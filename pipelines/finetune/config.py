@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from extract.backbones import DEFAULT_BACKBONE
 from extract.errors import UsageError
-from extract.runtime import check_workers
+from extract.runtime import PRECISIONS, check_workers
 from extract.store import DEFAULT_CACHE_DIR
 
 MODES = ("head", "partial", "full", "lp-ft", "scratch")
@@ -41,9 +41,10 @@ class FinetuneConfig:
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "fp32"  # auto: resolved when the run starts, and recorded as what it resolved to
     balanced: bool = False  # classes weighted by the inverse of their train count; checkpoints by balanced accuracy
     flip: bool = False  # validation and test logits averaged with the mirror image's (frozen: extract --flip)
+    skip_bad: bool = False  # unreadable images left out, each named, instead of stopping the run
     workers: int | None = None
     out: str = "runs/finetune"
     cache_dir: str = DEFAULT_CACHE_DIR  # lp-ft: where the features its probe is fitted on are cached
@@ -62,7 +63,7 @@ class FinetuneConfig:
             (self.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, not {self.warmup_epochs}"),
             (self.patience >= 1, f"--patience must be 1 or more (epochs without a better validation score before "
                                  f"stopping), not {self.patience}"),
-            (self.precision in ("fp32", "bf16", "fp16"), "--precision must be fp32, bf16 or fp16"),
+            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.unfreeze_from is None or self.mode in ("partial", "lp-ft"),
              "--unfreeze-from goes with --mode partial or lp-ft"),
             (self.mode != "lp-ft" or self.weights != "none",

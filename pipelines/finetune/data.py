@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -20,14 +21,37 @@ from extract.runtime import default_workers
 from pipelines.finetune.config import FinetuneConfig
 
 
-def run_dataset(config: FinetuneConfig, dataset: Dataset | None = None) -> Dataset:
+def run_dataset(config: FinetuneConfig, dataset: Dataset | None = None,
+                log: Callable[[str], None] | None = None) -> Dataset:
     """The run's dataset: the config's, or `dataset` where the caller resolved it already, cut to
     `config.train_per_class` either way (a dataset cut already stays as it is): the learning curve resolves the
-    whole dataset once and hands it to every size."""
+    whole dataset once and hands it to every size. With `config.skip_bad`, a dataset the caller did not hand in is
+    read through once and its unreadable images left out, each named through `log`."""
     if dataset is None:
-        return resolve_dataset(config.dataset, config.data_root, config.limit_per_class,
-                               train_per_class=config.train_per_class)
+        dataset = resolve_dataset(config.dataset, config.data_root, config.limit_per_class,
+                                  train_per_class=config.train_per_class)
+        return without_unreadable(dataset, log or (lambda message: None)) if config.skip_bad else dataset
     return keep_train_per_class(dataset, config.train_per_class) if config.train_per_class else dataset
+
+
+def without_unreadable(dataset: Dataset, log: Callable[[str], None]) -> Dataset:
+    """The dataset without the images that cannot be decoded (--skip-bad), each named through `log`: a pass of
+    decoding before training, so that every epoch, validation and test sees the same images."""
+    splits, skipped = {}, []
+    for name, split in dataset.splits.items():
+        keep = []
+        for row in range(len(split)):
+            try:
+                split.image(row)
+                keep.append(row)
+            except BadImageError as error:
+                skipped.append(f"{name}:{split.ids[row]}")
+                log(f"skipped unreadable: {error}")
+        splits[name] = split if len(keep) == len(split) else split.subset(np.asarray(keep, dtype=np.int64))
+    if not skipped:
+        return dataset
+    fingerprint = hashlib.sha256(f"{dataset.fingerprint}:skipped={','.join(skipped)}".encode()).hexdigest()
+    return replace(dataset, splits=splits, fingerprint=fingerprint)
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:

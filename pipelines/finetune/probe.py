@@ -50,7 +50,7 @@ def extract_features(config: FinetuneConfig, log: Callable[[str], None], layers:
     return extract_to_cache(ExtractRequest(
         backbone=config.backbone, dataset=config.dataset, weights=config.weights, image_size=config.image_size,
         layers=layers, flip=flip, limit_per_class=config.limit_per_class,
-        train_per_class=config.train_per_class, data_root=config.data_root,
+        train_per_class=config.train_per_class, data_root=config.data_root, skip_bad=config.skip_bad,
         cache_dir=cache_dir or config.cache_dir, settings=settings, progress=progress), log=log)
 
 

@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from extract.datasets import Dataset, copies_warning
 from extract.distributed import World, world
 from extract.errors import UsageError, make_folder
 from extract.preprocess import Preprocess, resize_and_crop
-from extract.runtime import resolve_device
+from extract.runtime import resolve_device, resolve_precision
 from pipelines.finetune.checkpoint import (
     comparable,
     random_states,
@@ -123,7 +123,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     if not ranks.is_main:
         log = lambda message: None  # noqa: E731
     torch.manual_seed(config.seed)
-    dataset = run_dataset(config, dataset)
+    dataset = run_dataset(config, dataset, log)
     if ranks.is_main:  # the others' log is silent: no need to read the files for it
         for line in (dataset.note, copies_warning(dataset.test_copies)):
             if line:
@@ -131,6 +131,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, log: Callable[[str], 
     device = resolve_device(config.device)
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
+    config = replace(config, precision=resolve_precision(config.precision, device))  # the checkpoints record it
     n_classes = len(dataset.class_names)
     model, preprocess, head = prepare_model(config, n_classes)
     model.to(device).to(memory_format=torch.channels_last)
