@@ -263,12 +263,12 @@ def advise(dataset: str, backbone: str = DEFAULT_BACKBONE, probe_per_class: int 
     strategy, note = choice, None
     if choice == "lp-ft" and alternatives["lp-ft"]["minutes"] > budget_minutes:
         strategy = frozen_strategy(signals)
-        needed = math.ceil(alternatives["lp-ft"]["minutes"])
-        note = (f"lp-ft is expected to gain, and needs about {needed} min here, over the budget of "
-                f"{_duration(budget_minutes)}: --budget {needed} allows it")
+        needed = alternatives["lp-ft"]["minutes"]
+        note = (f"lp-ft is expected to gain, and needs about {_duration(needed)} here, over the budget of "
+                f"{_duration(budget_minutes)}: --budget {math.ceil(needed)} allows it")
     if alternatives[strategy]["minutes"] > budget_minutes:
         note = ((note + "; ") if note else "") + (
-            f"even {strategy} needs about {math.ceil(alternatives[strategy]['minutes'])} min here, over the budget: "
+            f"even {strategy} needs about {_duration(alternatives[strategy]['minutes'])} here, over the budget: "
             "--limit-per-class N advises on a sample, a GPU extracts faster")
     size = "large" if signals["smallest_class"] >= FINE_TUNE_MIN_PER_CLASS else "small"
     similarity = "similar" if frozen_strategy(signals) == "frozen" else "dissimilar"
