@@ -147,10 +147,15 @@ def margin(signals: dict, size: int, error: float) -> float:
     return min(doublings, steps) if doublings >= 0 and steps >= 0 else max(-doublings, 0) + max(-steps, 0)
 
 
+def scored_rows(rows: list[dict]) -> list[dict]:
+    """The sets where both answers the rule can give (lp-ft and the frozen strategy of their similarity) were run."""
+    return [r for r in rows if all(s in r["outcomes"] for s in ("lp-ft", advisor.frozen_strategy(r["signals"])))]
+
+
 def fit_rule(rows: list[dict], error: float = advisor.FINE_TUNE_MIN_PROBE_ERROR) -> int:
     """The size threshold right on the most sets whose answer was run, at the shipped error threshold; among ties,
     the widest margin to the sets the rule may fine-tune (as a maximum-margin classifier picks its boundary)."""
-    scored = [r for r in rows if all(s in r["outcomes"] for s in ("lp-ft", advisor.frozen_strategy(r["signals"])))]
+    scored = scored_rows(rows)
     similar = [r for r in scored if advisor.frozen_strategy(r["signals"]) == "frozen"]  # the others never fine-tune
 
     def score(size: int) -> tuple[int, float]:
@@ -161,7 +166,7 @@ def fit_rule(rows: list[dict], error: float = advisor.FINE_TUNE_MIN_PROBE_ERROR)
 
 def free_errors(rows: list[dict], size: int) -> list[float]:
     """The error thresholds right on as many sets as the best, at that size threshold: what the data leave free."""
-    scored = [r for r in rows if all(s in r["outcomes"] for s in ("lp-ft", advisor.frozen_strategy(r["signals"])))]
+    scored = scored_rows(rows)
     rights = {error: sum(rule_strategy(r["signals"], size, error) in r["right"] for r in scored)
               for error in ERROR_GRID}
     return [error for error, right in rights.items() if right == max(rights.values())]

@@ -201,11 +201,16 @@ def expected_frozen_accuracy(signals: dict, probe_per_class: int) -> float:
     return min(1.0, signals["probe_accuracy"]["penultimate"] + gain)
 
 
+def _data_options(image_size: int | None, limit_per_class: int | None) -> str:
+    """The options naming the same images at the same size, for the commands the advice prints."""
+    return (f" --image-size {image_size}" if image_size else "") + (
+        f" --limit-per-class {limit_per_class}" if limit_per_class else "")
+
+
 def recommend_command(strategy: str, backbone: str, dataset: str, image_size: int | None,
                       limit_per_class: int | None, epochs: int = DEFAULT_EPOCHS) -> str:
     """The command that runs the strategy: the comparison pipeline with that one strategy (what --run does)."""
-    options = (f" --image-size {image_size}" if image_size else "") + (
-        f" --limit-per-class {limit_per_class}" if limit_per_class else "") + (
+    options = _data_options(image_size, limit_per_class) + (
         f" --epochs {epochs}" if epochs != DEFAULT_EPOCHS and strategy in ("lp-ft", "full") else "")
     return (f"python -m pipelines compare {shlex.quote(backbone)} {shlex.quote(dataset)} --strategies {strategy}"
             f"{options}")
@@ -217,8 +222,7 @@ def ensemble_advice(backbone: str, dataset: str, frozen_minutes: float, image_si
     backbone, and its time here (Lite0's, times what the three cost together)."""
     if backbone != ENSEMBLE_MEMBERS[0]:
         return None
-    options = (f" --image-size {image_size}" if image_size else "") + (
-        f" --limit-per-class {limit_per_class}" if limit_per_class else "")
+    options = _data_options(image_size, limit_per_class)
     return {"command": f"python -m extract {','.join(ENSEMBLE_MEMBERS)} {shlex.quote(dataset)}{options}",
             "gain": ENSEMBLE_GAIN, "minutes": frozen_minutes * ENSEMBLE_COST, "minutes_alone": frozen_minutes}
 

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from extract.backbones import create_backbone
+from pipelines.finetune.config import FinetuneConfig
 from pipelines.finetune.surgery import replace_classifier
 
 STRATEGY_COST = ("frozen", "frozen-layers", "lp-ft", "full")  # what `expected_minutes` knows
-VAL_FRACTION = 0.1  # compare's default: held out of the train split, predicted once per epoch
+VAL_FRACTION = FinetuneConfig.val_fraction  # held out of the train split, predicted once per epoch
 HEAD_SECONDS_PER_IMAGE = 0.01  # the frozen heads' grid searches (logreg + SVM), per train image: docs/advisor.md
-DEFAULT_EPOCHS = 10  # compare's default (an upper bound: early stopping may end it sooner)
+DEFAULT_EPOCHS = FinetuneConfig.epochs  # compare's default (an upper bound: early stopping may end it sooner)
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,13 @@ class Speeds:
 
 def measure_speeds(backbone: str, image_size: int | None, classes: int, batch_size: int = 16,
                    steps: int = 2) -> Speeds:
-    """Images per second of inference, then of SGD steps through the whole network (each after a warm-up step)."""
-    built = create_backbone(backbone, image_size=image_size)
+    """Images per second of inference, then of SGD steps through the whole network (each after a warm-up step),
+    drawn without touching the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        return _measured(create_backbone(backbone, image_size=image_size), classes, batch_size, steps)
+
+
+def _measured(built, classes: int, batch_size: int, steps: int) -> Speeds:
     model = built.model
     replace_classifier(model, classes)
     size = built.preprocess.crop_size

@@ -1,6 +1,7 @@
 """The advisor's time model: the passes each strategy makes over the images, at speeds measured here."""
 
 import pytest
+import torch
 
 from pipelines.budget import HEAD_SECONDS_PER_IMAGE, Speeds, expected_minutes, measure_speeds
 
@@ -24,5 +25,7 @@ def test_speeds_are_images_over_the_timed_steps_after_a_warm_up(monkeypatch):
 
     clock = iter([0.0, 2.0, 10.0, 18.0])  # inference timed from 0 to 2 s, training from 10 to 18 s
     monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
+    state = torch.get_rng_state()
     speeds = measure_speeds("efficientnet_lite0", 32, classes=3, batch_size=4, steps=2)
     assert speeds == Speeds(extract=2 * 4 / 2.0, train=2 * 4 / 8.0)  # the warm-up steps were not timed
+    assert torch.equal(torch.get_rng_state(), state)  # its random images and new layer drew on a fork of the RNG
